@@ -131,7 +131,8 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...], name: str = "mod
             from aevis_core.graph.fallback import graph_from_hooks
 
             why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            msg = (f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {why[:200]}); "
+            inner = type(getattr(model, "net", model)).__name__
+            msg = (f"torch.fx cannot trace {inner} ({type(exc).__name__}: {why[:200]}); "
                    "falling back to a chain of leaf modules in call order (no branches, no residual blocks)")
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             log.warning(msg)

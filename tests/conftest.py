@@ -1,0 +1,56 @@
+"""Shared fixtures: cached zoo models and demo sets; Chrome options for dash_duo."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("AEVIS_DEVICE", "cpu")
+
+
+def pytest_setup_options():  # dash[testing] hook: headless Chromium as root, no network
+    from selenium.webdriver.chrome.options import Options
+
+    options = Options()
+    options.binary_location = os.environ.get("AEVIS_CHROMIUM", "/usr/bin/chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1600", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"):
+        options.add_argument(arg)
+    return options
+
+
+@pytest.fixture(scope="session")
+def resnet20():
+    from aevis_core.models import load_model
+
+    return load_model("cifar-resnet20")
+
+
+@pytest.fixture(scope="session")
+def resnet56():
+    from aevis_core.models import load_model
+
+    return load_model("cifar-resnet56")
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    from aevis_core.models import load_model
+
+    return load_model("efficientnet-lite0")
+
+
+@pytest.fixture(scope="session")
+def cifar_demo():
+    from aevis_core.data import demo_path, load_image_set
+
+    return load_image_set(demo_path("cifar10"))
+
+
+@pytest.fixture(scope="session")
+def nips_demo():
+    from aevis_core.data import demo_path, load_image_set
+
+    return load_image_set(demo_path("nips2017"))
