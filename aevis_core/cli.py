@@ -1,0 +1,184 @@
+"""``aevis`` command line: models, graph, attack, score, demo.
+
+User errors (bad model, bad images, bad options) print one line ``aevis: error: ...`` and exit
+with code 2, never a traceback. Long work shows a tqdm progress bar on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from aevis_core.errors import AEVisError
+
+log = logging.getLogger("aevis")
+
+
+def out(line: str = "") -> None:
+    """Write one line of command output to stdout (the CLI's own output, not logging)."""
+    sys.stdout.write(line + "\n")
+
+
+def progress_bar(desc: str, total: int) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A tqdm bar on stderr as a ``progress(done, total)`` callback, plus a close function."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False)
+
+    def update(done: int, _total: int) -> None:
+        bar.update(done - bar.n)
+
+    return update, bar.close
+
+
+def load_images(spec: str, dataset: str | None = None):  # noqa: ANN201 - returns ImageSet
+    """``demo:cifar10`` / ``demo:nips2017`` or a folder path -> ImageSet."""
+    from aevis_core.data import demo_path, load_image_set
+
+    if spec.startswith("demo:"):
+        return load_image_set(demo_path(spec[5:]), name=spec)
+    return load_image_set(Path(spec), dataset=dataset)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the built-in models."""
+    from aevis_core.models import DEFAULT_MODEL, list_models
+
+    for name, dataset, desc in list_models():
+        mark = "*" if name == DEFAULT_MODEL else " "
+        out(f"{mark} {name:<20} {dataset:<9} {desc}")
+    out("  (* default; also file.py:factory, package.module:factory, torchvision:<name>)")
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    """Print the layer graph of a model (text summary or JSON)."""
+    from aevis_core.graph import build_graph
+    from aevis_core.models import load_model
+
+    entry = load_model(args.model)
+    g = build_graph(entry.model, (3, *entry.input_size), entry.name)
+    if args.json:
+        out(json.dumps(g.to_dict(), indent=1))
+        return 0
+    out(f"{entry.name}: {len(g.nodes)} layers, {len(g.blocks)} residual blocks, "
+        f"{'traced with torch.fx' if g.traced else 'hook fallback'}")
+    if g.warning:
+        out(f"warning: {g.warning}")
+    for n in g.nodes.values():
+        shape = "x".join(map(str, n.shape))
+        out(f"  {n.order:>4} {n.id:<40} {n.op:<7} {shape:<14} <- {', '.join(n.inputs)}")
+    return 0
+
+
+def _attack_config(args: argparse.Namespace):  # noqa: ANN202
+    from aevis_core.attacks import AttackConfig, parse_eps
+
+    return AttackConfig(method=args.method, eps=parse_eps(args.eps), steps=args.steps,
+                        targeted=args.target is not None, seed=args.seed, batch_size=args.batch_size)
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    """Craft adversarial images (white-box, or transfer with --source-model) and store them."""
+    import torch
+
+    from aevis_core.attacks import images_to_tensor, load_adversarial, run_attack, save_adversarial
+    from aevis_core.models import default_device, load_model
+
+    cfg = _attack_config(args)
+    device = default_device()
+    entry = load_model(args.model, device=device)
+    source = load_model(args.source_model, device=device) if args.source_model else entry
+    images = load_images(args.images, dataset=entry.dataset)
+    if args.limit:
+        images = images.subset(range(min(args.limit, len(images))))
+    x = source.preprocess_many(images.images)
+    _, src_pred = source.predict(x)
+    y = torch.tensor([p if lab is None else lab for lab, p in zip(images.labels, src_pred.tolist(), strict=True)])
+    target = torch.full_like(y, args.target) if args.target is not None else None
+    update, close = progress_bar(f"{cfg.method} on {source.name}", len(y))
+    try:
+        adv = run_attack(source.model, x, y, cfg, target=target, progress=update)
+    finally:
+        close()
+    records = save_adversarial(args.out, images.ids, adv, x, cfg, source, labels=y.tolist(), target=target)
+    stored, all_records = load_adversarial(args.out)
+    by_id = {r.id: im for r, im in zip(all_records, stored, strict=True)}
+    xa = images_to_tensor([by_id[r.id] for r in records])
+    _, clean_pred = entry.predict(entry.preprocess_many(images.images))
+    _, adv_pred = entry.predict(xa if entry is source else entry.preprocess_many([by_id[r.id] for r in records]))
+    names = entry.class_names
+    out(f"{'image':<24} {'true':<18} {'clean':<18} {'adversarial':<18} linf*255")
+    for i, r in enumerate(records):
+        out(f"{images.ids[i][:24]:<24} {names[int(y[i])][:18]:<18} {names[int(clean_pred[i])][:18]:<18} "
+            f"{names[int(adv_pred[i])][:18]:<18} {r.linf * 255:.1f}")
+    acc_c = (clean_pred == y).float().mean().item()
+    acc_a = (adv_pred == y).float().mean().item()
+    where = f"transfer {source.name} -> {entry.name}" if source is not entry else f"white-box {entry.name}"
+    out(f"accuracy ({where}): clean {acc_c:.1%}, adversarial {acc_a:.1%} (on the stored 8-bit PNGs in {args.out})")
+    return 0
+
+
+def add_common_attack(p: argparse.ArgumentParser) -> None:
+    """Attack options shared by ``attack`` and ``demo``."""
+    from aevis_core.attacks import METHODS
+
+    p.add_argument("--method", default="mifgsm", help=f"one of {', '.join(METHODS)} (default mifgsm)")
+    p.add_argument("--eps", default="4/255", help="L-inf budget in [0,1] pixel units, e.g. 4/255 (default)")
+    p.add_argument("--steps", type=int, default=10, help="iterations (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--target", type=int, default=None, help="targeted attack to this class index")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of ``aevis``."""
+    p = argparse.ArgumentParser(prog="aevis", description="AEVis: why do networks misclassify adversarial examples?")
+    p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("models", help="list the built-in models")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("graph", help="print a model's layer graph")
+    s.add_argument("model", help="zoo name, file.py:factory or package.module:factory")
+    s.add_argument("--json", action="store_true", help="print the graph as JSON")
+    s.set_defaults(func=cmd_graph)
+
+    s = sub.add_parser("attack", help="craft adversarial images and store them losslessly")
+    s.add_argument("model", help="model to evaluate on (and attack, unless --source-model)")
+    s.add_argument("images", help="image folder, or demo:cifar10 / demo:nips2017")
+    add_common_attack(s)
+    s.add_argument("--source-model", default=None, help="craft on this model instead (black-box transfer)")
+    s.add_argument("--limit", type=int, default=None, help="attack only the first N images")
+    s.add_argument("--out", required=True, help="output folder for PNGs + manifest.json")
+    s.set_defaults(func=cmd_attack)
+
+    from aevis_core.cli_more import register_more
+
+    register_more(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``aevis`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except AEVisError as exc:
+        sys.stderr.write(f"aevis: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("aevis: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
