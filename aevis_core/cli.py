@@ -76,10 +76,11 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def _attack_config(args: argparse.Namespace):  # noqa: ANN202
-    from aevis_core.attacks import AttackConfig, parse_eps
+    from aevis_core.attacks import AttackConfig, parse_eps, validate_config
 
-    return AttackConfig(method=args.method, eps=parse_eps(args.eps), steps=args.steps,
-                        targeted=args.target is not None, seed=args.seed, batch_size=args.batch_size)
+    return validate_config(AttackConfig(
+        method=args.method, eps=parse_eps(args.eps), steps=args.steps,
+        targeted=args.target is not None, seed=args.seed, batch_size=args.batch_size))
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
