@@ -1,0 +1,70 @@
+"""Links between critical maps of adjacent layers (Liu et al. 2018, Sec. 4.1, last step).
+
+A parent map i and a child map o are linked when both are critical. The weight is the
+strength of the connection in the model: Σ|W[o, i]| over the kernel for convolutions (grouped
+and depthwise convs included), |W[o, i]| for linear layers, and 1 for channel-wise layers
+(BN, activations, pooling, residual adds: map i feeds map i). Only the ``keep`` strongest
+incoming links per child map are kept. Layers whose channel mapping is unknown (e.g. concat,
+channel padding) get no links.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from aevis_core.graph.types import LayerGraph
+from aevis_core.models.base import ModelEntry
+
+if TYPE_CHECKING:
+    from aevis_core.datapath.extract import Datapath
+
+CHANNELWISE = {"bn", "act", "pool", "add", "sub", "mul", "slice"}
+
+
+def _weight_matrix(mod: nn.Module) -> torch.Tensor | None:
+    """|W| reduced to (out, in) for conv / linear modules; None for others."""
+    w = getattr(mod, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        return None
+    if isinstance(mod, nn.Linear):
+        return w.detach().abs().cpu()
+    if isinstance(mod, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        per = w.detach().abs().flatten(2).sum(2).cpu()  # (out, in / groups)
+        groups = mod.groups
+        if groups == 1:
+            return per
+        out_c, in_g = per.shape
+        full = torch.zeros(out_c, in_g * groups)
+        og = out_c // groups
+        for g in range(groups):
+            full[g * og:(g + 1) * og, g * in_g:(g + 1) * in_g] = per[g * og:(g + 1) * og]
+        return full
+    return None
+
+
+def connect(entry: ModelEntry, graph: LayerGraph, dp: Datapath,
+            keep: int = 3) -> list[tuple[str, int, str, int, float]]:
+    """(parent, i, child, o, weight) links between critical maps of adjacent chosen layers."""
+    net = getattr(entry.model, "net", entry.model)
+    links: list[tuple[str, int, str, int, float]] = []
+    for child, res in dp.layers.items():
+        node = graph.nodes[child]
+        mod = net.get_submodule(node.module) if node.module else None
+        wmat = _weight_matrix(mod) if mod is not None else None
+        for parent in node.inputs:
+            if parent not in dp.layers:
+                continue
+            pcrit = dp.layers[parent].critical
+            for o in res.critical:
+                cands: list[tuple[float, int]] = []
+                if wmat is not None and wmat.shape[1] == dp.layers[parent].n and o < wmat.shape[0]:
+                    cands = [(float(wmat[o, i]), i) for i in pcrit]
+                elif (node.op in CHANNELWISE and dp.layers[parent].n == res.n and o in pcrit):
+                    cands = [(1.0, o)]
+                cands = [c for c in cands if c[0] > 0]
+                for wgt, i in sorted(cands, key=lambda t: (-t[0], t[1]))[:keep]:
+                    links.append((parent, i, child, o, wgt))
+    return links
