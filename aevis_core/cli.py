@@ -12,8 +12,13 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aevis_core.errors import AEVisError
+
+if TYPE_CHECKING:
+    from aevis_core.attacks import AttackConfig
+    from aevis_core.data import ImageSet
 
 log = logging.getLogger("aevis")
 
@@ -35,7 +40,7 @@ def progress_bar(desc: str, total: int) -> tuple[Callable[[int, int], None], Cal
     return update, bar.close
 
 
-def load_images(spec: str, dataset: str | None = None):  # noqa: ANN201 - returns ImageSet
+def load_images(spec: str, dataset: str | None = None) -> ImageSet:
     """``demo:cifar10`` / ``demo:nips2017`` or a folder path -> ImageSet."""
     from aevis_core.data import demo_path, load_image_set
 
@@ -75,7 +80,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
-def _attack_config(args: argparse.Namespace):  # noqa: ANN202
+def _attack_config(args: argparse.Namespace) -> AttackConfig:
     from aevis_core.attacks import AttackConfig, parse_eps, validate_config
 
     return validate_config(AttackConfig(

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from aevis_core.cli import add_common_attack, load_images, out, progress_bar
+from aevis_core.cli import add_common_attack, out, progress_bar
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -61,6 +61,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _too_big(label: str, size: int, lim: DecodeLimits) -> str:
+    return f"{label}: file is {size / 2**20:.1f} MB, over the {lim.max_bytes / 2**20:.0f} MB limit"
+
+
 def decode_image(source: bytes | Path, name: str | None = None,
                  limits: DecodeLimits | None = None) -> Image.Image:
     """Decode ``source`` (file bytes or a path) into an 8-bit RGB PIL image, or raise.
@@ -76,18 +80,18 @@ def decode_image(source: bytes | Path, name: str | None = None,
         except OSError as exc:
             raise ImageLoadError(f"{label}: cannot read file ({exc.strerror})") from exc
         if size > lim.max_bytes:
-            raise ImageLoadError(f"{label}: file is {size / 2**20:.1f} MB, over the {lim.max_bytes / 2**20:.0f} MB limit")
+            raise ImageLoadError(_too_big(label, size, lim))
         data = source.read_bytes()
     else:
         data = source
     if len(data) == 0:
         raise ImageLoadError(f"{label}: empty file")
     if len(data) > lim.max_bytes:
-        raise ImageLoadError(f"{label}: file is {len(data) / 2**20:.1f} MB, over the {lim.max_bytes / 2**20:.0f} MB limit")
+        raise ImageLoadError(_too_big(label, len(data), lim))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=list(lim.formats))
+            img: Image.Image = Image.open(io.BytesIO(data), formats=list(lim.formats))
             w, h = img.size
             if w * h > lim.max_pixels:
                 raise ImageLoadError(

@@ -18,7 +18,12 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from aevis_core.graph.blocks import find_blocks
 from aevis_core.graph.ops import (
-    LEAF_TYPES, PASS_MODULES, PASS_NAMES, function_kind, function_name, module_kind,
+    LEAF_TYPES,
+    PASS_MODULES,
+    PASS_NAMES,
+    function_kind,
+    function_name,
+    module_kind,
 )
 from aevis_core.graph.types import LayerGraph, LayerNode
 

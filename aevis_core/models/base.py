@@ -21,6 +21,9 @@ Tensor = torch.Tensor
 class Normalize(nn.Module):
     """Per-channel ``(x - mean) / std`` on (N, C, H, W) tensors; constants kept as buffers."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
