@@ -66,3 +66,7 @@ def register_more(sub: Any) -> None:
     s.add_argument("--n", type=int, default=6, help="number of images to attack (default 6)")
     add_common_attack(s)
     s.set_defaults(func=cmd_demo)
+
+    from aevis_core.cli_extract import register_extract
+
+    register_extract(sub)

@@ -64,3 +64,21 @@ def test_user_errors_exit_2_with_one_line(args, message):
 def test_argparse_error_exit_2():
     r = aevis("attack", "cifar-resnet20")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_extract_round_trip(tmp_path):
+    out = tmp_path / "dp.json"
+    args = ("extract", "cifar-resnet20", "--set", "cat=demo:cifar10:cat", "--set", "dog=demo:cifar10:dog",
+            "--layers", "layer3.2.conv2,layer3.2.relu2,avgpool,linear", "--cache-dir", str(tmp_path / "c"),
+            "--out", str(out))
+    r = aevis(*args)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert set(d["sets"]) == {"cat", "dog"} and len(d["sets"]["cat"]["ids"]) == 10
+    lay = d["sets"]["cat"]["layers"]["layer3.2.relu2"]
+    assert lay["n"] == 64 and len(lay["z"]) == 64
+    assert all(lay["z"][i] > 0.5 for i in lay["critical"])
+    assert any(c[0] == "layer3.2.relu2" and c[2] == "avgpool" for c in d["sets"]["cat"]["connections"])
+    assert "statistics" in d
+    again = aevis(*args)
+    assert again.returncode == 0 and "(cached)" in again.stdout

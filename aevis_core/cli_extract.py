@@ -1,0 +1,122 @@
+"""``aevis extract``: datapaths of one or more named image sets, written as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+from pathlib import Path
+from typing import Any
+
+from aevis_core.errors import AEVisError
+
+
+def parse_set(spec: str) -> tuple[str, str]:
+    """``NAME=PATTERN`` -> (name, pattern)."""
+    name, sep, pattern = spec.partition("=")
+    if not sep or not name.strip() or not pattern.strip():
+        raise AEVisError(f"bad --set {spec!r}: expected NAME=PATTERN (a folder, a glob or demo:SET[:CLASS])")
+    return name.strip(), pattern.strip()
+
+
+def load_set(name: str, pattern: str, dataset: str | None) -> Any:
+    """Images of one ``--set``: ``demo:nips2017[:class name]``, a folder, or a glob of files."""
+    from aevis_core.data import ImageSet, decode_image, demo_path, load_image_set
+    from aevis_core.errors import ImageLoadError
+
+    if pattern.startswith("demo:"):
+        demo, _, cls = pattern[5:].partition(":")
+        s = load_image_set(demo_path(demo), name=name)
+        if cls:
+            idx = [i for i in range(len(s)) if s.label_name(i) == cls]
+            if not idx:
+                raise AEVisError(f"set {name}: no demo image of class {cls!r}")
+            s = s.subset(idx, name=name)
+        return s
+    if Path(pattern).is_dir():
+        return load_image_set(Path(pattern), name=name, dataset=dataset)
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise AEVisError(f"set {name}: nothing matches {pattern!r}")
+    s = ImageSet(name=name)
+    for f in files:
+        try:
+            s.images.append(decode_image(Path(f)))
+        except ImageLoadError as exc:
+            s.problems.append((Path(f).name, str(exc)))
+            continue
+        s.ids.append(Path(f).stem)
+        s.labels.append(None)
+        s.paths.append(Path(f))
+        s.meta.append({})
+    if not s.images:
+        raise AEVisError(f"set {name}: no readable image ({s.problems[0][1]})")
+    return s
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    """Extract each set's datapath (cached), print a summary, write JSON."""
+    from aevis_core.cache import ResultCache
+    from aevis_core.cli import out, progress_bar
+    from aevis_core.datapath.extract import ExtractConfig, datapath_to_dict
+    from aevis_core.datapath.service import cached_datapath
+    from aevis_core.graph import build_graph
+    from aevis_core.models import default_device, load_model
+
+    sets = [parse_set(s) for s in args.set]
+    if len({n for n, _ in sets}) != len(sets):
+        raise AEVisError("set names must be unique")
+    target: str | int = int(args.target) if args.target.isdigit() else args.target
+    cfg = ExtractConfig(method=args.method, score=args.score, normalize=args.normalize,
+                        threshold=args.threshold, top_k=args.top_k, target=target,
+                        batch_size=args.batch_size).validate()
+    entry = load_model(args.model, device=default_device())
+    graph = build_graph(entry.model, (3, *entry.input_size), entry.name)
+    layers = args.layers.split(",") if args.layers else None
+    cache = None if args.no_cache else ResultCache(Path(args.cache_dir) / "results" if args.cache_dir else None)
+    result: dict[str, Any] = {"model": entry.model_id, "graph": graph.to_dict(), "sets": {}}
+    datapaths = {}
+    for name, pattern in sets:
+        images = load_set(name, pattern, entry.dataset)
+        for file, why in images.problems:
+            out(f"skipped {file}: {why}")
+        x = entry.preprocess_many(images.images)
+        update, close = progress_bar(f"datapath {name}", len(images))
+        try:
+            dp, hit = cached_datapath(entry, graph, x, cfg, cache, layers, images.labels, update)
+        finally:
+            close()
+        datapaths[name] = dp
+        sizes = [len(v.critical) for v in dp.layers.values()]
+        out(f"{name}: {len(images)} images, {len(dp.layers)} layers, mean {sum(sizes) / len(sizes):.1f} "
+            f"critical maps per layer{' (cached)' if hit else ''}")
+        result["sets"][name] = {"ids": images.ids, **datapath_to_dict(dp)}
+    if len(datapaths) > 1:
+        from aevis_core.datapath.stats import layer_stats
+
+        result["statistics"] = layer_stats(datapaths).to_dict()
+    Path(args.out).write_text(json.dumps(result))
+    out(f"wrote {args.out}")
+    return 0
+
+
+def register_extract(sub: Any) -> None:
+    """Add ``extract`` to the ``aevis`` sub-command parser."""
+    from aevis_core.datapath.extract import METHODS
+
+    s = sub.add_parser("extract", help="extract datapaths of image sets to JSON")
+    s.add_argument("model", help="zoo name or file.py:factory")
+    s.add_argument("--set", action="append", required=True, metavar="NAME=PATTERN",
+                   help="a named image set: folder, glob of files, or demo:nips2017[:class]; repeat")
+    s.add_argument("--method", default="qp", help=f"one of {', '.join(METHODS)} (default qp)")
+    s.add_argument("--score", default="prob", help="prob (default) or logit")
+    s.add_argument("--normalize", default="none", help="none (default) or l1 per-image normalisation of q")
+    s.add_argument("--threshold", type=float, default=0.5, help="critical if z > threshold (default 0.5)")
+    s.add_argument("--top-k", type=int, default=None, help="critical = the k largest z instead")
+    s.add_argument("--target", default="pred", help="pred (default), true, or a class index")
+    s.add_argument("--layers", default=None, help="comma-separated layer ids (default: all)")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--cache-dir", default=None, help="cache folder (default $AEVIS_CACHE_DIR or ./cache)")
+    s.add_argument("--no-cache", action="store_true")
+    s.add_argument("--out", required=True, help="output JSON file")
+    s.set_defaults(func=cmd_extract)
