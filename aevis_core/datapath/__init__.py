@@ -1,5 +1,21 @@
-"""Datapath extraction: the critical-feature-map box QP (:mod:`aevis_core.datapath.qp`)."""
+"""Datapath extraction and comparison (Liu et al., VAST 2018, Sec. 4).
 
+* :mod:`.qp` — the exact box-QP solver of Eq. 5;
+* :mod:`.extract` — one forward + one backward pass per batch, per-layer QPs, critical sets;
+* :mod:`.connections` — links between critical maps of adjacent layers;
+* :mod:`.stats` / :mod:`.diverge` — similarity, Jaccard, activation statistics, noise control
+  and the diverging point;
+* :mod:`.service` — cached extraction shared by the CLI and the dashboard.
+"""
+
+from aevis_core.datapath.diverge import (
+    DivergenceConfig,
+    compare_with_noise_control,
+    diverging_point,
+    find_diverging_point,
+    noise_control,
+)
+from aevis_core.datapath.extract import Datapath, ExtractConfig, LayerDatapath, extract_datapath
 from aevis_core.datapath.qp import (
     QPAccumulator,
     QPResult,
@@ -11,8 +27,11 @@ from aevis_core.datapath.qp import (
     objective,
     solve_box_qp,
 )
+from aevis_core.datapath.stats import activation_similarity, jaccard, layer_stats
 
 __all__ = [
-    "QPAccumulator", "QPResult", "accumulate", "brute_force_subset", "critical_set",
-    "default_lambda", "kkt_residual", "objective", "solve_box_qp",
+    "Datapath", "DivergenceConfig", "ExtractConfig", "LayerDatapath", "QPAccumulator", "QPResult",
+    "accumulate", "activation_similarity", "brute_force_subset", "compare_with_noise_control",
+    "critical_set", "default_lambda", "diverging_point", "extract_datapath", "find_diverging_point",
+    "jaccard", "kkt_residual", "layer_stats", "noise_control", "objective", "solve_box_qp",
 ]
