@@ -62,6 +62,7 @@ class AttackConfig:
     lr: float = 0.01
     overshoot: float = 0.02
     candidates: int = 10
+    check_8bit: bool = True
 
     @property
     def step_size(self) -> float:

@@ -15,6 +15,11 @@ from torch import nn
 Tensor = torch.Tensor
 
 
+def _round8(x: Tensor) -> Tensor:
+    """(B, 3, H, W) in [0, 1] -> the 8-bit image it is stored as, ``round(x * 255) / 255``."""
+    return torch.round(x.clamp(0.0, 1.0) * 255) / 255
+
+
 def _margin(logits: Tensor, cls: Tensor) -> tuple[Tensor, Tensor]:
     """(B, K) logits -> (logit of ``cls``, best logit of any other class), each (B,)."""
     real = logits.gather(1, cls[:, None])[:, 0]
@@ -24,13 +29,15 @@ def _margin(logits: Tensor, cls: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def cw_l2(model: nn.Module, x: Tensor, y: Tensor, *, c: float, kappa: float, lr: float,
-          steps: int, target: Tensor | None = None) -> Tensor:
+          steps: int, target: Tensor | None = None, check_8bit: bool = True) -> Tensor:
     """C&W-L2 (Carlini & Wagner, S&P 2017, Sec. V-A) with a fixed ``c`` (no binary search).
 
     Minimises ``||adv - x||_2^2 + c · f(adv)`` over ``adv = (tanh(w) + 1) / 2`` with Adam, where
     ``f = max(Z_y - max_{i≠y} Z_i, -κ)`` (untargeted) or ``max(max_{i≠t} Z_i - Z_t, -κ)``
     (targeted). Returns, per image, the smallest-L2 iterate that succeeded; images that never
-    succeed get the last iterate. x: (B, 3, H, W) in [0, 1]; y, target: (B,). -> (B, 3, H, W).
+    succeed get the last iterate. ``check_8bit``: an iterate counts as successful only if its
+    8-bit rounding (what :func:`~aevis_core.attacks.save_adversarial` stores) is, at the cost of
+    one extra forward pass per step. x: (B, 3, H, W) in [0, 1]; y, target: (B,) -> (B, 3, H, W).
     """
     x = x.detach()
     w = torch.atanh((x * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6)).requires_grad_(True)
@@ -46,7 +53,7 @@ def cw_l2(model: nn.Module, x: Tensor, y: Tensor, *, c: float, kappa: float, lr:
         logits = model(adv)
         real, other = _margin(logits, cls)
         with torch.no_grad():
-            pred = logits.argmax(dim=1)
+            pred = (model(_round8(adv)) if check_8bit else logits).argmax(dim=1)
             ok = pred == target if target is not None else pred != y
             better = ok & (l2 < best_l2)
             best_l2 = torch.where(better, l2, best_l2)
@@ -63,14 +70,37 @@ def cw_l2(model: nn.Module, x: Tensor, y: Tensor, *, c: float, kappa: float, lr:
     return torch.where(found[:, None, None, None], best, last).clamp(0.0, 1.0)
 
 
+def _grow_until_8bit(model: nn.Module, x: Tensor, r: Tensor, orig: Tensor, scale: float,
+                     factor: float = 1.25, tries: int = 40) -> Tensor:
+    """Scale each perturbation ``r`` by ``scale · factor^j`` (smallest j) until the 8-bit rounded
+    ``x + s·r`` leaves class ``orig``; images that never do keep ``scale · r``. (B, 3, H, W)."""
+    out = (x + scale * r).clamp(0.0, 1.0)
+    with torch.no_grad():
+        todo = model(_round8(out)).argmax(dim=1) == orig
+        todo &= r.flatten(1).abs().amax(dim=1) > 0
+        for _ in range(tries):
+            idx = todo.nonzero()[:, 0]
+            if idx.numel() == 0:
+                break
+            scale *= factor
+            cand = (x[idx] + scale * r[idx]).clamp(0.0, 1.0)
+            ok = model(_round8(cand)).argmax(dim=1) != orig[idx]
+            out[idx[ok]] = cand[ok]
+            todo[idx[ok]] = False
+    return out
+
+
 def deepfool(model: nn.Module, x: Tensor, *, steps: int, overshoot: float,
-             candidates: int = 10) -> Tensor:
+             candidates: int = 10, check_8bit: bool = True) -> Tensor:
     """DeepFool (Moosavi-Dezfooli et al., CVPR 2016, Alg. 2), batched over images.
 
     Each image is pushed off its *clean predicted* class (as in the paper; true labels are not
     used) towards the nearest linearised boundary among its top ``candidates`` classes; the
     total perturbation ``r`` is scaled by ``1 + overshoot`` and the image clipped to [0, 1].
     Stops per image as soon as the prediction changes, after at most ``steps`` iterations.
+    ``check_8bit``: DeepFool's perturbations are usually far below one 8-bit level, so storing
+    would undo most of them; ``r`` is then scaled up by factors of 1.25 until the 8-bit
+    rounded image (what gets stored) also leaves the clean class.
     x: (B, 3, H, W) in [0, 1] -> (B, 3, H, W).
     """
     x = x.detach()
@@ -82,24 +112,30 @@ def deepfool(model: nn.Module, x: Tensor, *, steps: int, overshoot: float,
     r_tot = torch.zeros_like(x)
     active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     for _ in range(steps):
-        adv = (x + (1 + overshoot) * r_tot).clamp(0.0, 1.0).requires_grad_(True)
-        logits = model(adv)
-        active &= logits.argmax(dim=1) == orig
-        if not bool(active.any()):
+        idx = active.nonzero()[:, 0]  # only images still on their clean class are recomputed
+        if idx.numel() == 0:
             break
-        f = logits.gather(1, cand)  # (B, k)
+        adv = (x[idx] + (1 + overshoot) * r_tot[idx]).clamp(0.0, 1.0).requires_grad_(True)
+        logits = model(adv)
+        still = logits.argmax(dim=1) == orig[idx]
+        active[idx] = still
+        if not bool(still.any()):
+            break
+        f = logits.gather(1, cand[idx])  # (b, k)
         grads = [torch.autograd.grad(f[:, j].sum(), adv, retain_graph=j < k - 1)[0]
                  for j in range(k)]
         with torch.no_grad():
-            g = torch.stack(grads, dim=1)  # (B, k, 3, H, W)
-            w_k = (g[:, 1:] - g[:, :1]).flatten(2)  # (B, k-1, D)
-            f_k = (f[:, 1:] - f[:, :1]).detach()  # (B, k-1)
+            g = torch.stack(grads, dim=1)  # (b, k, 3, H, W)
+            w_k = (g[:, 1:] - g[:, :1]).flatten(2)  # (b, k-1, D)
+            f_k = (f[:, 1:] - f[:, :1]).detach()  # (b, k-1)
             w_norm = w_k.norm(dim=2).clamp_min(1e-12)
             pert = f_k.abs() / w_norm
-            best = pert.argmin(dim=1)  # (B,)
-            w_best = w_k[torch.arange(x.shape[0]), best].view_as(x)
+            best = pert.argmin(dim=1)  # (b,)
+            w_best = w_k[torch.arange(idx.numel()), best].view_as(adv)
             p_best = pert.gather(1, best[:, None])[:, 0]
             n_best = w_norm.gather(1, best[:, None])[:, 0]
             r_i = ((p_best + 1e-4) / n_best)[:, None, None, None] * w_best
-            r_tot = r_tot + torch.where(active[:, None, None, None], r_i, torch.zeros_like(r_i))
+            r_tot[idx[still]] += r_i[still]
+    if check_8bit:
+        return _grow_until_8bit(model, x, r_tot, orig, 1 + overshoot).detach()
     return (x + (1 + overshoot) * r_tot).clamp(0.0, 1.0).detach()

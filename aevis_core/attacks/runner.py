@@ -58,10 +58,10 @@ def _attack_batch(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig,
         )
     if m == "cw":
         return cw_l2(model, x, y, c=cfg.c, kappa=cfg.kappa, lr=cfg.lr, steps=cfg.steps,
-                     target=target)
+                     target=target, check_8bit=cfg.check_8bit)
     if m == "deepfool":
         return deepfool(model, x, steps=cfg.steps, overshoot=cfg.overshoot,
-                        candidates=cfg.candidates)
+                        candidates=cfg.candidates, check_8bit=cfg.check_8bit)
     raise AEVisError(f"unknown attack method {m!r}")  # unreachable after validate_config
 
 
@@ -79,7 +79,8 @@ def run_attack(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig,
 
     Deterministic: the only random part (PGD's start) is drawn per image from ``cfg.seed`` and
     the image index, without touching the global RNG; every image is attacked independently
-    (summed losses, eval mode), so results do not depend on ``cfg.batch_size``.
+    (summed losses, eval mode), so results do not depend on ``cfg.batch_size`` (bit for bit on
+    the CPU in our tests; a model's kernels may round differently per batch size elsewhere).
     Returns (N, 3, H, W) float32 on the CPU, in [0, 1]; for L-inf methods
     ``||adv - x||_inf <= eps``. Raises a one-line AEVisError on a bad config or bad inputs.
     """

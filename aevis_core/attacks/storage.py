@@ -50,7 +50,8 @@ class AdvRecord:
     ``file``/``clean_file`` are bare file names inside the folder. Predictions are class
     indices (with names and softmax probabilities) of the source model on the stored clean and
     the re-loaded stored adversarial PNG; ``linf``/``l2`` are measured between those two
-    (``linf_levels`` in 8-bit steps). ``success``: targeted -> ``adv_pred == target``;
+    (``linf_levels`` in 8-bit steps). ``eps`` is None for the L2 attacks (C&W, DeepFool), which
+    have no budget. ``success``: targeted -> ``adv_pred == target``;
     untargeted -> ``adv_pred != label`` (``!= clean_pred`` when the label is unknown).
     """
 
@@ -59,7 +60,7 @@ class AdvRecord:
     clean_file: str | None
     method: str
     norm: str
-    eps: float
+    eps: float | None
     steps: int
     seed: int
     targeted: bool
@@ -196,6 +197,8 @@ def save_adversarial(out_dir: str | Path, ids: Sequence[str], adv: Tensor, clean
         raise AEVisError(f"{len(label_list)} labels for {n} adversarial images")
     if cfg.targeted and (target is None or target.shape != (n,)):
         raise AEVisError("targeted attack results need their target classes (one per image)")
+    if target is not None and n and (int(target.min()) < 0 or int(target.max()) >= entry.num_classes):
+        raise AEVisError(f"target classes must be in [0, {entry.num_classes}) for {entry.name}")
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +234,8 @@ def save_adversarial(out_dir: str | Path, ids: Sequence[str], adv: Tensor, clean
         success = ap == tgt if tgt is not None else ap != (lab if lab is not None else cp)
         records.append(AdvRecord(
             id=str(ids[i]), file=files[i], clean_file=clean_files[i], method=cfg.method,
-            norm=cfg.norm, eps=float(cfg.eps), steps=1 if cfg.method == "fgsm" else cfg.steps,
+            norm=cfg.norm, eps=float(cfg.eps) if cfg.norm == "linf" else None,
+            steps=1 if cfg.method == "fgsm" else cfg.steps,
             seed=cfg.seed, targeted=cfg.targeted, target=tgt,
             target_name=names[tgt] if tgt is not None else None, label=lab,
             label_name=names[lab] if lab is not None and 0 <= lab < len(names) else None,
