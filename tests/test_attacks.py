@@ -217,6 +217,7 @@ def test_toy_model_all_methods_and_empty_batch() -> None:
     for method in METHODS:
         adv = run_attack(model, x, y, AttackConfig(method, eps=EPS, steps=5, batch_size=2))
         assert adv.shape == x.shape and torch.isfinite(adv).all()
+    assert all(p.grad is None for p in model.parameters())  # attacks leave the model untouched
     empty = run_attack(model, x[:0], y[:0], AttackConfig())
     assert empty.shape == (0, 3, 8, 8)
 

@@ -1,10 +1,11 @@
 """Minimal-L2 attacks: Carlini & Wagner L2 and DeepFool, batched, per-image independent.
 
 Why not ``torchattacks`` (3.5.1): its ``CW.f`` masks the true class by multiplying logits with
-``1 - onehot``, so with all other logits negative the "best other logit" becomes 0 (a wrong
+``1 - onehot``, so when all other logits are negative the "best other logit" becomes 0 (a wrong
 margin), and it stops early on the *batch* total cost, so an image's result depends on its
-batch; its ``DeepFool`` runs one image at a time, takes one backward pass per class (1000 per
-step on ImageNet) and applies the overshoot to each step instead of the total perturbation.
+batch; its ``DeepFool`` runs one image at a time with one backward pass per class (1000 per step
+on ImageNet), where this one is batched and, like the authors' reference code, linearises only
+the top ``candidates`` classes. Neither knows that stored images are 8-bit (``check_8bit``).
 """
 
 from __future__ import annotations
@@ -63,8 +64,7 @@ def cw_l2(model: nn.Module, x: Tensor, y: Tensor, *, c: float, kappa: float, lr:
             break
         margin = (other - real) if target is not None else (real - other)
         loss = (l2 + c * margin.clamp_min(-kappa)).sum()
-        opt.zero_grad()
-        loss.backward()
+        (w.grad,) = torch.autograd.grad(loss, w)  # never touches the model's parameter grads
         opt.step()
     last = adv.detach().clamp(0.0, 1.0)
     return torch.where(found[:, None, None, None], best, last).clamp(0.0, 1.0)

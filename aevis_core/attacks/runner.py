@@ -33,7 +33,7 @@ def _model_device(model: nn.Module) -> torch.device:
 @contextmanager
 def _attack_mode(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Eval mode (BatchNorm running stats, no dropout) and deterministic cuDNN; restored after."""
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # per module: mixed modes survive
     cudnn = torch.backends.cudnn
     flags = (cudnn.deterministic, cudnn.benchmark)
     model.eval()
@@ -43,7 +43,8 @@ def _attack_mode(model: nn.Module, device: torch.device) -> Iterator[None]:
         with torch.enable_grad():
             yield
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
         cudnn.deterministic, cudnn.benchmark = flags
 
 

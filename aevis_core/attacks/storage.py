@@ -199,7 +199,11 @@ def save_adversarial(out_dir: str | Path, ids: Sequence[str], adv: Tensor, clean
         raise AEVisError("targeted attack results need their target classes (one per image)")
     if target is not None and n and (int(target.min()) < 0 or int(target.max()) >= entry.num_classes):
         raise AEVisError(f"target classes must be in [0, {entry.num_classes}) for {entry.name}")
+    if n == 0:
+        return []
     out = Path(out_dir)
+    manifest = out / MANIFEST
+    previous = _read_manifest(manifest) if manifest.exists() else []  # fail before writing anything
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -222,8 +226,8 @@ def save_adversarial(out_dir: str | Path, ids: Sequence[str], adv: Tensor, clean
     p_clean, y_clean = entry.predict(clean_q)
     p_adv, y_adv = entry.predict(stored)
     diff = stored - clean_q
-    linf = diff.abs().flatten(1).amax(dim=1) if n else torch.zeros(0)
-    l2 = diff.flatten(1).norm(dim=1) if n else torch.zeros(0)
+    linf = diff.abs().flatten(1).amax(dim=1)
+    l2 = diff.flatten(1).norm(dim=1)
     names = entry.class_names
     params = cfg.to_dict()
     records = []
@@ -246,9 +250,8 @@ def save_adversarial(out_dir: str | Path, ids: Sequence[str], adv: Tensor, clean
             success=bool(success), params=dict(params),
         ))
 
-    manifest = out / MANIFEST
     new_files = set(files)
-    kept = [r for r in _read_manifest(manifest) if r.get("file") not in new_files] if manifest.exists() else []
+    kept = [r for r in previous if r.get("file") not in new_files]
     payload = {"format": FORMAT, "version": VERSION, "quantisation": QUANTISATION,
                "records": kept + [r.to_dict() for r in records]}
     tmp = manifest.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
