@@ -82,3 +82,20 @@ def test_extract_round_trip(tmp_path):
     assert "statistics" in d
     again = aevis(*args)
     assert again.returncode == 0 and "(cached)" in again.stdout
+
+
+def test_score_and_demo(tmp_path):
+    adv_dir = tmp_path / "adv"
+    r = aevis("attack", "cifar-resnet20", "demo:cifar10", "--eps", "8/255", "--limit", "6", "--out", str(adv_dir))
+    assert r.returncode == 0, r.stderr
+    r = aevis("score", "cifar-resnet20", str(adv_dir), "--no-cache")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines() if line.startswith(("airplane", "automobile"))]
+    scores = {row[0]: float(row[-1]) for row in rows}
+    adv = [v for k, v in scores.items() if k.endswith(".adv")]
+    clean = [v for k, v in scores.items() if k.endswith(".clean")]
+    assert len(adv) == len(clean) == 6 and all(0 <= v <= 1 for v in scores.values())
+    assert sum(adv) / 6 > sum(clean) / 6 + 0.3
+    r = aevis("demo", "--model", "cifar-resnet20", "--eps", "8/255", "--n", "4")
+    assert r.returncode == 0, r.stderr
+    assert "clean top-1 accuracy" in r.stdout and "MI-FGSM fooled" in r.stdout
