@@ -1,0 +1,124 @@
+"""One "Analyze" run: datapaths of 2-4 image groups of a pool, their statistics, and, when one
+group holds adversarial twins of another group's normal images, the paired similarity next to
+the noise control and the diverging point. Cached as a whole by content key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+from aevis_core.cache import ResultCache, content_key
+from aevis_core.datapath.diverge import (
+    Divergence,
+    NoiseComparison,
+    compare_with_noise_control,
+    diverging_point,
+)
+from aevis_core.datapath.extract import Datapath, ExtractConfig
+from aevis_core.datapath.service import cached_datapath
+from aevis_core.datapath.stats import DatapathStats, layer_stats
+from aevis_core.errors import AEVisError
+from aevis_core.graph.types import LayerGraph
+from aevis_core.models.base import ModelEntry
+from aevis_core.pool import Pool
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class Analysis:
+    """Everything the three views read; ``pair`` = (normal group, adversarial group) or None."""
+
+    key: str
+    model_id: str
+    groups: dict[str, list[str]]
+    datapaths: dict[str, Datapath]
+    stats: DatapathStats
+    pair: tuple[str, str] | None = None
+    pair_ids: list[tuple[str, str]] = field(default_factory=list)
+    comparison: NoiseComparison | None = None
+    divergence: Divergence | None = None
+
+
+def find_pair(pool: Pool, groups: Mapping[str, Sequence[str]]) -> tuple[str, str, list[tuple[str, str]]] | None:
+    """(normal group, adversarial group, [(normal id, adversarial id)]) with the most twins, or None."""
+    items = {it.id: it for it in pool.items}
+    best: tuple[str, str, list[tuple[str, str]]] | None = None
+    for ga, ids_a in groups.items():
+        for gb, ids_b in groups.items():
+            if ga == gb:
+                continue
+            normal = set(ids_a)
+            pairs = [(items[b].source, b) for b in ids_b
+                     if items[b].kind == "adversarial" and items[b].source in normal]
+            if pairs and (best is None or len(pairs) > len(best[2])):
+                best = (ga, gb, pairs)
+    return best
+
+
+def validate_groups(pool: Pool, groups: Mapping[str, Sequence[str]], max_images: int = 400) -> None:
+    """Raise :class:`AEVisError` unless there are 2-4 non-empty groups of known pool images."""
+    if not 2 <= len(groups) <= 4:
+        raise AEVisError(f"choose 2 to 4 groups to compare (got {len(groups)})")
+    known = set(pool.index())
+    for name, ids in groups.items():
+        if not ids:
+            raise AEVisError(f"group {name!r} is empty")
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise AEVisError(f"group {name!r} has unknown images: {', '.join(unknown[:3])}")
+    total = sum(len(v) for v in groups.values())
+    if total > max_images:
+        raise AEVisError(f"{total} images selected; the limit per analysis is {max_images}")
+
+
+def analyze(entry: ModelEntry, graph: LayerGraph, pool: Pool, groups: Mapping[str, Sequence[str]],
+            config: ExtractConfig | None = None, cache: ResultCache | None = None,
+            progress: Progress | None = None, eps: float | None = None) -> Analysis:
+    """Run (or load) the analysis of ``groups`` (name -> pool item ids)."""
+    cfg = config or ExtractConfig()
+    validate_groups(pool, groups)
+    key = content_key("analysis/v1", entry.model_id, {k: list(v) for k, v in groups.items()},
+                      asdict(cfg), pool.attack, eps)
+    if cache is not None:
+        hit = cache.get(key)
+        if isinstance(hit, Analysis):
+            return hit
+    report = progress or (lambda d, t, s: None)
+    total = sum(len(v) for v in groups.values())
+    pair = find_pair(pool, groups)
+    steps = total + (len(pair[2]) * 2 if pair else 0)
+    done = 0
+    dps: dict[str, Datapath] = {}
+    for name, ids in groups.items():
+        x = pool.tensor(list(ids))
+        labels = [pool.items[pool.index()[i]].label for i in ids]
+
+        def prog(d: int, t: int, _base: int = done, _name: str = name) -> None:
+            report(_base + d, steps, f"datapath of {_name}")
+
+        dps[name], _ = cached_datapath(entry, graph, x, cfg, cache, labels=labels, progress=prog)
+        done += len(ids)
+    names = list(groups)
+    diff = (pair[0], pair[1]) if pair else (names[0], names[1])
+    stats = layer_stats(dps, diff=diff)
+    result = Analysis(key, entry.model_id, {k: list(v) for k, v in groups.items()}, dps, stats)
+    if pair:
+        normal, adv, pairs = pair
+        report(done, steps, "similarity vs noise control")
+        xn = pool.tensor([a for a, _ in pairs])
+        xa = pool.tensor([b for _, b in pairs])
+        attack_eps = eps if eps is not None else float(pool.attack.get("eps") or math.nan)
+        comp = compare_with_noise_control(entry, graph, xn, xa, None if math.isnan(attack_eps) else attack_eps)
+        result.pair, result.pair_ids = (normal, adv), pairs
+        result.comparison = comp
+        result.divergence = diverging_point(comp)
+    report(steps, steps, "done")
+    if cache is not None:
+        try:
+            cache.cache.set(key, result)
+        except OSError:
+            pass
+    return result

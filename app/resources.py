@@ -1,0 +1,85 @@
+"""Per-process lazy resources: the model, its layer graph, the result cache and the image pool.
+
+Nothing is loaded at import time. A :class:`Resources` object belongs to one app (or one job
+process) and loads each thing once, under a lock; callbacks only read from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from functools import cached_property
+from pathlib import Path
+
+from aevis_core.attacks import AttackConfig, parse_eps
+from aevis_core.cache import ResultCache, content_key
+from aevis_core.data import ImageSet, demo_path, load_image_set
+from aevis_core.graph import LayerGraph, build_graph
+from aevis_core.models import ModelEntry, default_device, load_model
+from aevis_core.pool import Pool
+from app.config import AppConfig
+
+log = logging.getLogger(__name__)
+
+
+class Resources:
+    """Lazily loaded model, graph, cache and image set of one :class:`AppConfig`."""
+
+    def __init__(self, config: AppConfig, device: str | None = None) -> None:
+        self.config = config
+        self._device = device
+        self._lock = threading.RLock()
+
+    @cached_property
+    def entry(self) -> ModelEntry:
+        """The analysed model (CPU in the web process unless ``device`` is given)."""
+        with self._lock:
+            return load_model(self.config.model, device=self._device or "cpu")
+
+    @cached_property
+    def graph(self) -> LayerGraph:
+        """Layer DAG of the model."""
+        with self._lock:
+            e = self.entry
+            return build_graph(e.model, (3, *e.input_size), e.name)
+
+    @cached_property
+    def cache(self) -> ResultCache:
+        """Result cache under the configured cache folder."""
+        return ResultCache(self.config.results_dir)
+
+    @cached_property
+    def images(self) -> ImageSet:
+        """The configured image folder, or the demo set matching the model's data."""
+        with self._lock:
+            if self.config.images:
+                s = load_image_set(Path(self.config.images), dataset=self.entry.dataset)
+            else:
+                demo = "cifar10" if self.entry.dataset == "cifar10" else "nips2017"
+                s = load_image_set(demo_path(demo), name=f"demo:{demo}")
+            if len(s) > self.config.max_images:
+                s = s.subset(range(self.config.max_images))
+            return s
+
+    def attack_config(self) -> AttackConfig:
+        """MI-FGSM with the configured eps (default 4/255 ImageNet, 8/255 CIFAR)."""
+        eps = self.config.eps or ("8/255" if self.entry.dataset == "cifar10" else "4/255")
+        return AttackConfig(method="mifgsm", eps=parse_eps(eps), steps=self.config.attack_steps)
+
+    def pool_key(self) -> str:
+        """Cache key of the demo pool (model, images, attack)."""
+        x = self.entry.preprocess_many(self.images.images)
+        return content_key("pool/v1", self.entry.model_id, x, self.attack_config().to_dict())
+
+    def pool(self) -> Pool | None:
+        """The prepared pool if it is in the cache (None until the preparation job ran)."""
+        value = self.cache.get(self._pool_key_cached)
+        return value if isinstance(value, Pool) else None
+
+    @cached_property
+    def _pool_key_cached(self) -> str:
+        return self.pool_key()
+
+    def job_device(self) -> str:
+        """Device for heavy jobs: CUDA when present (the web process itself stays on CPU)."""
+        return str(default_device())
