@@ -4,7 +4,7 @@
 .PHONY: serve test setup setup-test bench lint
 
 serve: setup
-	.venv/bin/aevis demo
+	.venv/bin/aevis serve
 
 test: setup-test
 	.venv/bin/python -m pytest

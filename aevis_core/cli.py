@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aevis_core.errors import AEVisError
 
@@ -141,8 +141,8 @@ def add_common_attack(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", type=int, default=None, help="targeted attack to this class index")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse tree of ``aevis``."""
+def build_parser(extra: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
+    """The argparse tree of ``aevis``; ``extra(subparsers)`` adds commands (the app adds ``serve``)."""
     p = argparse.ArgumentParser(prog="aevis", description="AEVis: why do networks misclassify adversarial examples?")
     p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -167,12 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     from aevis_core.cli_more import register_more
 
     register_more(sub)
+    if extra is not None:
+        extra(sub)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``aevis`` console script; returns the exit code."""
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, extra: Callable[[Any], None] | None = None) -> int:
+    """Entry point of the ``aevis`` command line; returns the exit code."""
+    parser = build_parser(extra)
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(levelname)s %(name)s: %(message)s")

@@ -13,7 +13,7 @@ ENV = {**os.environ, "AEVIS_DEVICE": "cpu"}
 
 
 def aevis(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "aevis_core.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True,
                           text=True, timeout=timeout, env=ENV)
 
 

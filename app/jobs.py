@@ -1,0 +1,65 @@
+"""Long work run by Dash background callbacks: preparing the pool, Analyze, discrepancy maps.
+
+Each job validates, calls ``aevis_core`` and stores its result in the shared result cache; the
+callback returns only a cache key. User errors come back as one-line messages; unexpected ones
+are logged with their traceback and shown as a short message (never a traceback in the UI).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aevis_core.analysis import Analysis, analyze
+from aevis_core.errors import AEVisError
+from aevis_core.models import default_device
+from aevis_core.pool import Pool, build_pool
+from app.resources import Resources
+
+log = logging.getLogger(__name__)
+SetProgress = Callable[[tuple[Any, ...]], None]
+
+
+def job_resources(res: Resources) -> Resources:
+    """Resources for a job: the web process's own on CPU, a CUDA copy when a GPU is present."""
+    dev = default_device()
+    return res if dev.type == "cpu" else Resources(res.config, device=str(dev))
+
+
+def progress_reporter(set_progress: SetProgress) -> Callable[[int, int, str], None]:
+    """(done, total, stage) -> set_progress((value, max, text))."""
+    def report(done: int, total: int, stage: str) -> None:
+        set_progress((str(done), str(max(total, 1)), f"{stage}: {done}/{total}"))
+
+    return report
+
+
+def prepare_pool(set_progress: SetProgress, res: Resources) -> Pool:
+    """Load the cached pool, or build it (attack + predictions + scores) and cache it."""
+    pool = res.pool()
+    if pool is not None:
+        return pool
+    jr = job_resources(res)
+    report = progress_reporter(set_progress)
+    report(0, 1, "loading model and images")
+    pool = build_pool(jr.entry, jr.images, jr.attack_config(), progress=report)
+    res.cache.cache.set(res.pool_key(), pool)
+    return pool
+
+
+def run_analysis(set_progress: SetProgress, res: Resources, groups: dict[str, list[str]]) -> Analysis:
+    """Analyze the groups of the prepared pool (cached)."""
+    pool = res.pool()
+    if pool is None:
+        raise AEVisError("the image pool is not ready yet; wait for the preparation to finish")
+    jr = job_resources(res)
+    return analyze(jr.entry, jr.graph, pool, groups, cache=res.cache, progress=progress_reporter(set_progress))
+
+
+def user_message(exc: BaseException) -> str:
+    """One line for the UI: the AEVisError text, or a generic note for bugs (logged in full)."""
+    if isinstance(exc, AEVisError):
+        return str(exc)
+    log.exception("job failed")
+    return f"internal error ({type(exc).__name__}); the server log has the details"
