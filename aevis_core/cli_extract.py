@@ -68,6 +68,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         raise AEVisError("set names must be unique")
     target: str | int = int(args.target) if args.target.isdigit() else args.target
     cfg = ExtractConfig(method=args.method, score=args.score, normalize=args.normalize,
+                        lam_mode=args.lam_mode, rho=args.rho,
                         threshold=args.threshold, top_k=args.top_k, target=target,
                         batch_size=args.batch_size).validate()
     entry = load_model(args.model, device=default_device())
@@ -110,7 +111,10 @@ def register_extract(sub: Any) -> None:
                    help="a named image set: folder, glob of files, or demo:nips2017[:class]; repeat")
     s.add_argument("--method", default="qp", help=f"one of {', '.join(METHODS)} (default qp)")
     s.add_argument("--score", default="prob", help="prob (default) or logit")
-    s.add_argument("--normalize", default="none", help="none (default) or l1 per-image normalisation of q")
+    s.add_argument("--normalize", default="l1", help="l1 (default) or none: per-image normalisation of q")
+    s.add_argument("--lam-mode", default="relative",
+                   help="relative (default): lambda = rho * tr(Q) / n; paper: lambda = 0.1 / n^2")
+    s.add_argument("--rho", type=float, default=0.1, help="rho of the relative lambda (default 0.1)")
     s.add_argument("--threshold", type=float, default=0.5, help="critical if z > threshold (default 0.5)")
     s.add_argument("--top-k", type=int, default=None, help="critical = the k largest z instead")
     s.add_argument("--target", default="pred", help="pred (default), true, or a class index")

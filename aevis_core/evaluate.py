@@ -227,7 +227,7 @@ def faithfulness_curve(entry: ModelEntry, graph: LayerGraph, x: Tensor, layer: s
                        methods: Sequence[str] = ("qp", "act_topk", "gradxact_topk", "random"),
                        ks: Sequence[float | int] = DEFAULT_KS, score: str = "prob", normalize: str = "none",
                        fill: str | Sequence[str] = "zero", lam: float | None = None,
-                       targets: ArrayLike | Tensor | None = None, seed: int = 0,
+                       targets: ArrayLike | Tensor | None = None, seed: int = 0, lam_mode: str = "paper",
                        datapath: Datapath | None = None, evaluator: FaithfulnessEvaluator | None = None,
                        refine_steps: int = 20, refine_method: str = "pgd",
                        batch_size: int = 64) -> dict[str, Any]:
@@ -238,7 +238,10 @@ def faithfulness_curve(entry: ModelEntry, graph: LayerGraph, x: Tensor, layer: s
         methods: subset of ``qp, act_topk, gradxact_topk, random, qp_refine`` (see module doc).
         ks: sweep of k (floats = fractions of n, ints = counts); the QP's natural k
             ``|{z > 0.5}|`` (and the refined one, if any) is added.
-        score, normalize, lam: QP / q options (:class:`ExtractConfig`); targets (N,) default to
+        score, normalize, lam, lam_mode: QP / q options (:class:`ExtractConfig`); the equal-k
+            ranking uses the paper's λ = 0.1/n² by default (``lam_mode="paper"``): its z order is
+            the most faithful at small k (bench/faithfulness.py), while the relative λ of the
+            extraction default picks the size of the critical set; targets (N,) default to
             the predictions (extraction always uses the evaluator's targets as labels).
         fill: ``"zero"``, ``"mean"`` or both (a sequence).
         datapath: a precomputed ``method="qp"`` Datapath containing ``layer`` (same x, score,
@@ -265,7 +268,8 @@ def faithfulness_curve(entry: ModelEntry, graph: LayerGraph, x: Tensor, layer: s
     if datapath is None:
         # the evaluator's targets (its own unmasked predictions by default) are passed as labels,
         # so extraction and evaluation agree even on near-ties of the top-2 logits
-        cfg = ExtractConfig(method="qp", score=score, normalize=normalize, lam=lam, target="true")
+        cfg = ExtractConfig(method="qp", score=score, normalize=normalize, lam=lam, lam_mode=lam_mode,
+                            target="true")
         datapath = extract_datapath(entry, graph, x, cfg, layers=[layer], labels=[int(t) for t in tgt.tolist()])
     if layer not in datapath.layers:
         raise AEVisError(f"datapath has no layer {layer!r}")

@@ -35,7 +35,7 @@ def per_layer_q(entry, layer_module, x, targets):
 def test_one_pass_q_equals_per_layer_autograd(r20):
     entry, g, x = r20
     layers = ["layer1.0.conv1", "layer2.1.relu1", "layer3.2.bn2"]
-    dp = extract_datapath(entry, g, x, ExtractConfig(), layers=layers)
+    dp = extract_datapath(entry, g, x, ExtractConfig(normalize="none"), layers=layers)
     targets = torch.as_tensor(dp.targets)
     net = entry.model.net
     for lid in layers:
@@ -48,7 +48,7 @@ def test_batch_size_invariance_and_kkt(r20):
     a = extract_datapath(entry, g, x, ExtractConfig(batch_size=1))
     b = extract_datapath(entry, g, x, ExtractConfig(batch_size=8))
     for k in a.layers:  # float32 convolutions differ slightly with the batch size
-        assert np.allclose(a.q[k], b.q[k], rtol=1e-3, atol=2e-3 * np.abs(a.q[k]).max())
+        assert np.allclose(a.q[k], b.q[k], rtol=1e-2, atol=1e-2 * np.abs(a.q[k]).max())
         assert np.allclose(a.layers[k].z, b.layers[k].z, atol=2e-2)
         assert set(a.layers[k].critical) == set(b.layers[k].critical)
     lid = "layer2.0.conv1"
@@ -74,7 +74,7 @@ def test_toy_exact_q():
     e = wrap(ModelSpec(ToyResNet(), (2, 2), ["a", "b"]), "toy")
     g = build_graph(e.model, (1, 2, 2), "toy")
     x = torch.tensor([[[[1.0, -2.0], [0.25, 0.0]]]])
-    dp = extract_datapath(e, g, x, ExtractConfig(score="logit", target=0), layers=["relu1", "add"])
+    dp = extract_datapath(e, g, x, ExtractConfig(score="logit", normalize="none", target=0), layers=["relu1", "add"])
     # logit0 = mean relu(3 a0): d/da0 = 3/4 where a0 > 0 -> q0 = Σ a0 * 3/4 = 1.25 * 0.75
     assert np.allclose(dp.q["relu1"][0], [0.9375, 0.0])
     assert np.allclose(dp.q["add"][0], [0.9375, 0.0])
@@ -99,3 +99,17 @@ def test_bad_options(r20):
         extract_datapath(entry, g, x, layers=["nope"])
     with pytest.raises(AEVisError, match="out of range"):
         extract_datapath(entry, g, x, ExtractConfig(target=10))
+
+
+def test_lambda_modes(r20):
+    entry, g, x = r20
+    lid = "layer3.2.relu2"
+    paper = extract_datapath(entry, g, x, ExtractConfig(lam_mode="paper"), layers=[lid])
+    rel = extract_datapath(entry, g, x, ExtractConfig(), layers=[lid])
+    q = rel.q[lid].astype(np.float64)
+    assert rel.layers[lid].lam == pytest.approx(0.1 * np.trace(q.T @ q) / 64, rel=1e-6)
+    assert paper.layers[lid].lam == pytest.approx(0.1 / 64**2)
+    # the paper's tiny λ keeps (almost) every map when N is not far below n; the relative λ is selective
+    assert len(rel.layers[lid].critical) < len(paper.layers[lid].critical)
+    with pytest.raises(AEVisError, match="lambda mode"):
+        extract_datapath(entry, g, x, ExtractConfig(lam_mode="huge"), layers=[lid])

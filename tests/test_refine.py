@@ -21,7 +21,7 @@ LAYER = "layer3.2.relu2"  # 64 maps > 8 images: the QP's z is far from all-ones
 def setup(resnet20, cifar_demo):
     g = build_graph(resnet20.model, (3, 32, 32), "r20")
     x = resnet20.preprocess_many(cifar_demo.images[::12][:8])  # 8 images, 8 classes
-    dp = extract_datapath(resnet20, g, x, ExtractConfig(), layers=[LAYER])
+    dp = extract_datapath(resnet20, g, x, ExtractConfig(normalize="none", lam_mode="paper"), layers=[LAYER])
     return resnet20, g, x, dp
 
 

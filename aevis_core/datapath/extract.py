@@ -28,6 +28,7 @@ from aevis_core.models.base import ModelEntry
 
 METHODS = ("qp", "act_topk", "gradxact_topk", "random")
 NORMALIZE = ("none", "l1")
+LAM_MODES = ("relative", "paper")
 Progress = Callable[[int, int], None]
 
 
@@ -36,16 +37,23 @@ class ExtractConfig:
     """Options of :func:`extract_datapath`.
 
     ``score``: differentiate the target's probability (``prob``, the paper) or ``logit``.
-    ``normalize``: ``l1`` divides each image's q by Σ_j |q_kj| so every image weighs the same.
-    ``lam``: ridge weight λ (None -> 0.1 / n²). ``threshold``/``top_k``: critical set rule
+    ``normalize``: ``l1`` (default) divides each image's q by Σ_j |q_kj| so every image weighs
+    the same (confident images have tiny probability gradients and would otherwise not count).
+    ``lam``: an absolute ridge weight λ; when None, ``lam_mode`` decides: ``relative``
+    (default) λ = ρ·tr(Q)/n, a ridge relative to the data, or ``paper`` λ = 0.1/n². With the
+    paper's λ and c = Q·1, z = 1 is almost optimal and z > 0.5 keeps (nearly) every map when
+    N ≥ n, or about half when N < n (rank of Q) — see README "Faithfulness"; the relative λ with
+    ρ = 0.1 gives informative critical sets. ``threshold``/``top_k``: critical set rule
     (non-QP methods default to the top ⌈10 %⌉ of the maps). ``target``: ``pred`` | ``true`` |
     a class index.
     """
 
     method: str = "qp"
     score: str = "prob"
-    normalize: str = "none"
+    normalize: str = "l1"
     lam: float | None = None
+    lam_mode: str = "relative"
+    rho: float = 0.1
     threshold: float = 0.5
     top_k: int | None = None
     target: str | int = "pred"
@@ -60,6 +68,8 @@ class ExtractConfig:
             raise AEVisError(f"unknown score {self.score!r}: use prob or logit")
         if self.normalize not in NORMALIZE:
             raise AEVisError(f"unknown normalisation {self.normalize!r}: use none or l1")
+        if self.lam_mode not in LAM_MODES:
+            raise AEVisError(f"unknown lambda mode {self.lam_mode!r}: use relative or paper")
         if self.batch_size < 1 or (self.top_k is not None and self.top_k < 1):
             raise AEVisError("batch_size and top_k must be positive")
         return self
@@ -128,10 +138,20 @@ def _normalise(q: torch.Tensor, how: str) -> torch.Tensor:
     return q
 
 
+def layer_lambda(acc: QPAccumulator, n: int, cfg: ExtractConfig) -> float:
+    """λ of one layer: absolute ``cfg.lam``, else ρ·tr(Q)/n (``relative``) or 0.1/n² (``paper``)."""
+    if cfg.lam is not None:
+        return float(cfg.lam)
+    if cfg.lam_mode == "paper" or acc.Q is None:
+        return default_lambda(n)
+    tr = float(np.trace(acc.Q))
+    return cfg.rho * tr / n if tr > 0 else default_lambda(n)
+
+
 def _select(method: str, n: int, acc: QPAccumulator, q_sum: np.ndarray, act_sum: np.ndarray,
             cfg: ExtractConfig, rng: np.random.Generator, layer: str) -> LayerDatapath:
     if method == "qp":
-        res = acc.solve(cfg.lam if cfg.lam is not None else default_lambda(n))
+        res = acc.solve(layer_lambda(acc, n, cfg))
         crit = critical_set(res.z, cfg.threshold, cfg.top_k)
         return LayerDatapath(layer, n, res.z, crit.tolist(), res.objective, res.kkt_residual, res.lam)
     k = cfg.top_k or max(1, math.ceil(0.1 * n))
