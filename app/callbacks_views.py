@@ -1,11 +1,216 @@
-"""View callbacks (layer, feature-map and neuron levels): read cached results only."""
+"""View callbacks (layer, feature-map and neuron levels): read cached results, compute nothing heavy.
+
+Only the neuron heat maps run a (truncated, cached) forward pass; discrepancy maps are a
+background job.
+"""
 
 from __future__ import annotations
 
-from dash import Dash
+import json
+import urllib.parse
+from typing import Any
 
+import numpy as np
+from dash import Dash, Input, Output, State, ctx, no_update
+from dash.exceptions import PreventUpdate
+
+from aevis_core.analysis import Analysis
+from aevis_core.cache import content_key
+from aevis_core.graph.hierarchy import GroupNode, build_hierarchy
+from aevis_core.layout.segment import calendar_layout
+from aevis_core.layout.treecut import collapse, cut_mapping, datapath_doi, expand, tree_cut
+from aevis_core.neuron import activation_maps, dim_unimportant, discrepancy_map, top_activating
+from app import jobs
+from app.callbacks import HIDE, SHOW, load_analysis
 from app.resources import Resources
+from app.views import fmap as fv
+from app.views import layer as lv
+from app.views import neuron as nv
+
+ROW_WIDTH = 1100.0
+
+
+def hierarchy(res: Resources) -> GroupNode:
+    """The layer hierarchy of the model (cheap to rebuild)."""
+    return build_hierarchy(res.graph)
+
+
+def doi_of(a: Analysis) -> dict[str, float]:
+    """Per-layer degree of interest: datapath difference between the groups."""
+    return datapath_doi({name: {k: v.critical for k, v in dp.layers.items()} for name, dp in a.datapaths.items()})
+
+
+def initial_focus(a: Analysis, doi: dict[str, float]) -> str:
+    """The diverging layer, else the layer whose datapaths differ most."""
+    if a.divergence is not None and a.divergence.layer:
+        return a.divergence.layer
+    return max(doi, key=lambda k: (doi[k], k)) if doi else next(iter(a.stats.layers))
+
+
+def heat_maps(res: Resources, a: Analysis, layer: str, channel: int, per_group: int = 6) -> dict[str, np.ndarray]:
+    """Activation maps (N, h, w) per group for the first ``per_group`` images; cached."""
+    key = content_key("heat/v1", a.key, layer, channel, per_group)
+    cached = res.cache.get(key)
+    if cached is not None:
+        return cached
+    pool = res.pool()
+    if pool is None:
+        raise PreventUpdate
+    out = {g: activation_maps(res.entry, res.graph, layer, channel, pool.tensor(ids[:per_group]))
+           for g, ids in a.groups.items()}
+    res.cache.cache.set(key, out)
+    return out
 
 
 def register_views(app: Dash, res: Resources) -> None:
-    """Attach the view callbacks (filled in as the views land)."""
+    """Attach the view callbacks."""
+
+    @app.callback(Output("cut", "data"), Output("focus-layer", "data"),
+                  Input("analysis-key", "data"), Input("layer-graph", "tapNodeData"), Input("collapse-group", "n_clicks"),
+                  State("cut", "data"), State("focus-layer", "data"), prevent_initial_call=True)
+    def cut_and_focus(key: str | None, tapped: dict[str, Any] | None, _collapse: int, cut: list[str] | None,
+                      focus: str | None) -> tuple[Any, Any]:
+        a = load_analysis(res, key)
+        if a is None:
+            raise PreventUpdate
+        root = hierarchy(res)
+        trig = ctx.triggered_id
+        if trig == "analysis-key" or not cut:
+            doi = doi_of(a)
+            return tree_cut(root, doi, budget=50), initial_focus(a, doi)
+        if trig == "layer-graph" and tapped:
+            if tapped.get("is_group"):
+                return expand(cut, tapped["id"], root), no_update
+            return no_update, tapped["id"]
+        if trig == "collapse-group" and focus:
+            parent = _parent_group(root, focus, cut)
+            if parent:
+                return collapse(cut, parent, root), no_update
+        raise PreventUpdate
+
+    @app.callback(Output("layer-graph", "elements"), Output("layer-graph", "stylesheet"),
+                  Input("cut", "data"), Input("stat", "value"), Input("lam", "value"), Input("focus-layer", "data"),
+                  State("analysis-key", "data"))
+    def layer_graph(cut: list[str] | None, stat: str, lam: float, focus: str | None, key: str | None) -> tuple[Any, Any]:
+        a = load_analysis(res, key)
+        if a is None or not cut:
+            return [], lv.STYLESHEET
+        root = hierarchy(res)
+        mapping = cut_mapping(cut, root)
+        lay = calendar_layout(res.graph, ROW_WIDTH, float(lam or 0), visible=mapping,
+                              node_w=lv.NODE_W, node_h=lv.NODE_H, h_gap=26, v_gap=16, row_gap=44)
+        return lv.elements(res.graph, root, a, lay, mapping, stat or "similarity", focus), lv.STYLESHEET
+
+    @app.callback(Output("layer-graph", "layout"), Input("fit-graph", "n_clicks"), Input("layer-graph", "elements"))
+    def refit(_n: int, _els: Any) -> dict[str, Any]:
+        return {"name": "preset", "fit": True, "padding": 12}
+
+    @app.callback(Output("fmap-treemap", "figure"), Output("fmap-title", "children"),
+                  Input("focus-layer", "data"), Input("fmap-k", "value"), Input("fmap-color", "value"),
+                  State("analysis-key", "data"))
+    def treemap(layer: str | None, k: int, color: str, key: str | None) -> tuple[Any, Any]:
+        a = load_analysis(res, key)
+        if a is None or not layer or layer not in a.stats.layers:
+            return nv.empty_figure("Analyze two or more groups, then pick a layer"), "Feature-map level"
+        rects = fv.treemap_rects(a, layer, int(k or 4), color or "importance")
+        title = f"Feature-map level · {layer}"
+        names = " / ".join(a.datapaths)
+        return fv.figure(rects, color or "importance", f"{layer}: datapaths of {names}"), title
+
+    @app.callback(Output("focus-map", "data"), Input("fmap-treemap", "clickData"), State("focus-layer", "data"),
+                  prevent_initial_call=True)
+    def pick_map(click: dict[str, Any] | None, layer: str | None) -> Any:
+        if not click or not layer:
+            raise PreventUpdate
+        point = click["points"][0]
+        data = point.get("customdata")
+        if not data:
+            raise PreventUpdate
+        return {"layer": layer, "map": int(data[0]), "cluster": f"{data[2]} ({data[1]} maps)"}
+
+    @app.callback(Output("neuron-heatmaps", "figure"), Output("neuron-title", "children"),
+                  Input("focus-map", "data"), State("analysis-key", "data"))
+    def neuron(focus: dict[str, Any] | None, key: str | None) -> tuple[Any, Any]:
+        a = load_analysis(res, key)
+        if a is None or not focus:
+            return nv.empty_figure("Click a cluster in the treemap to see its feature map"), "Neuron level"
+        layer, ch = focus["layer"], int(focus["map"])
+        maps = heat_maps(res, a, layer, ch)
+        titles = {g: [i.replace("~adv", "*") for i in ids[:6]] for g, ids in a.groups.items()}
+        label = f"{layer} #{ch}"
+        return nv.heatmap_figure(maps, titles, f"{label}: activation (red < 0 < green)"), f"Neuron level · {label}"
+
+    @app.callback(
+        Output("discrepancy-maps", "figure"), Output("discrepancy-error", "children"),
+        Input("discrepancy", "n_clicks"), State("focus-map", "data"), State("analysis-key", "data"),
+        background=True,
+        progress=[Output("discrepancy-progress", "value"), Output("discrepancy-progress", "max"),
+                  Output("discrepancy-status", "children")],
+        running=[(Output("discrepancy", "disabled"), True, False),
+                 (Output("cancel-discrepancy", "disabled"), False, True),
+                 (Output("discrepancy-progress-box", "style"), SHOW, HIDE)],
+        cancel=[Input("cancel-discrepancy", "n_clicks")],
+        prevent_initial_call=True,
+    )
+    def discrepancy(set_progress: Any, _n: int, focus: dict[str, Any] | None, key: str | None) -> tuple[Any, Any]:
+        a = load_analysis(res, key)
+        if a is None or not focus:
+            return no_update, "Pick a feature map first (click a cluster in the treemap)."
+        try:
+            return discrepancy_figure(res, a, focus["layer"], int(focus["map"]), set_progress), ""
+        except Exception as exc:  # noqa: BLE001 - one line in the UI
+            return no_update, jobs.user_message(exc)
+
+    @app.callback(Output("url", "search"), Input("groups", "data"), Input("focus-layer", "data"),
+                  Input("focus-map", "data"), Input("stat", "value"), prevent_initial_call=True)
+    def write_url(groups: Any, layer: Any, fmap: Any, stat: Any) -> str:
+        state = {"groups": groups or {}, "layer": layer, "map": (fmap or {}).get("map"), "stat": stat}
+        return "?view=" + urllib.parse.quote(json.dumps(state, separators=(",", ":")))
+
+    @app.callback(Output("groups", "data", allow_duplicate=True), Output("stat", "value"),
+                  Input("url", "href"), State("groups", "data"), prevent_initial_call="initial_duplicate")
+    def read_url(href: str | None, groups: Any) -> tuple[Any, Any]:
+        if groups or not href or "view=" not in href:
+            raise PreventUpdate
+        query = urllib.parse.parse_qs(urllib.parse.urlparse(href).query)
+        try:
+            state = json.loads(query["view"][0])
+        except (KeyError, ValueError):
+            raise PreventUpdate from None
+        return state.get("groups") or no_update, state.get("stat") or no_update
+
+
+def _parent_group(root: GroupNode, layer: str, cut: list[str]) -> str | None:
+    """Innermost group containing ``layer`` whose children are all visible (collapsible)."""
+    path: list[GroupNode] = []
+
+    def find(node: GroupNode, trail: list[GroupNode]) -> bool:
+        if node.id == layer:
+            path.extend(trail)
+            return True
+        return any(find(c, trail + [node]) for c in node.children)
+
+    find(root, [])
+    for g in reversed(path):
+        if g.id:
+            return g.id
+    return None
+
+
+def discrepancy_figure(res: Resources, a: Analysis, layer: str, channel: int, set_progress: Any) -> Any:
+    """Discrepancy maps (occlusion, 8x8 patches) of the 3 most activating images of the groups."""
+    pool = res.pool()
+    if pool is None:
+        raise PreventUpdate
+    ids = [i for g in a.groups.values() for i in g]
+    x = pool.tensor(ids)
+    top = top_activating(res.entry, res.graph, layer, channel, x, k=min(3, len(ids)))
+    images, titles = [], []
+    for j, idx in enumerate(top.tolist()):
+        def prog(done: int, total: int, _j: int = j) -> None:
+            set_progress((str(_j * total + done), str(3 * total), f"image {_j + 1}/3: {done}/{total} occlusions"))
+
+        dmap = discrepancy_map(res.entry, res.graph, layer, channel, x[idx], patch=8, stride=4, progress=prog)
+        images.append(dim_unimportant(x[idx], dmap, keep_fraction=0.25))
+        titles.append(ids[idx].replace("~adv", " (adv)"))
+    return nv.image_figure(images, titles, f"{layer} #{channel}: learned feature (pixels that support it)")

@@ -68,7 +68,10 @@ def layer_level() -> html.Div:
             html.Label("λ (row cut penalty)"),
             dcc.Slider(id="lam", min=0, max=4, step=0.25, value=1, marks={0: "0", 1: "1", 2: "2", 4: "4"}),
             html.Button("Fit", id="fit-graph", n_clicks=0),
+            html.Button("Collapse group of the selected layer", id="collapse-group", n_clicks=0),
         ], className="controls"),
+        html.Div("Click a group (double border) to expand it; click a layer to open its feature maps. "
+                 "Orange border: diverging point; grey band: noise control (5–95 %).", className="legend"),
         cyto.Cytoscape(id="layer-graph", elements=[], layout={"name": "preset", "fit": True},
                        style={"width": "100%", "height": "520px"}, minZoom=0.2, maxZoom=3,
                        stylesheet=[], boxSelectionEnabled=False),

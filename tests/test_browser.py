@@ -1,14 +1,20 @@
-"""The dashboard in headless Chromium (dash_duo): the whole demo flow on ResNet-20 / CIFAR-10."""
+"""The dashboard in headless Chromium (dash_duo): the whole demo flow on ResNet-20 / CIFAR-10.
+
+Screenshots of each level are saved to ``test-artifacts/`` (``AEVIS_TEST_ARTIFACTS``).
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(os.environ.get("AEVIS_TEST_ARTIFACTS", "test-artifacts"))
+
+CY = "document.getElementById('layer-graph')._cyreg.cy"
 
 
 @pytest.fixture
@@ -24,15 +30,76 @@ def shot(dash_duo, name: str) -> None:
     dash_duo.driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
+def wait_js(dash_duo, script: str, timeout: float = 30):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = dash_duo.driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+def analyze_cats(dash_duo) -> None:
+    dash_duo.wait_for_element(".thumb", timeout=120)
+    dash_duo.select_dcc_dropdown("#preset", value="cat: normal vs adversarial")
+    dash_duo.wait_for_text_to_equal("#groups-view .group b", "cat: normal", timeout=10)
+    dash_duo.find_element("#analyze").click()
+    dash_duo.wait_for_contains_text("#analysis-summary", "diverging point", timeout=120)
+
+
 def test_demo_flow(dash_duo, app):
     dash_duo.start_server(app)
     dash_duo.wait_for_element(".thumb", timeout=120)
     assert len(dash_duo.find_elements(".thumb")) == 80
     shot(dash_duo, "01-image-list")
-    # choose the preset groups "cat: normal vs adversarial"
-    dash_duo.select_dcc_dropdown("#preset", value="cat: normal vs adversarial")
-    dash_duo.wait_for_text_to_equal("#groups-view .group b", "cat: normal", timeout=10)
+    # selecting thumbnails and adding them as a group
+    thumbs = dash_duo.find_elements(".thumb")
+    thumbs[0].click()
+    thumbs[1].click()
+    dash_duo.wait_for_text_to_equal("#selection-info", "2 selected", timeout=10)
+    analyze_cats(dash_duo)
+    # layer level: the cut graph with dot plots is drawn
+    n_nodes = wait_js(dash_duo, f"return {CY} && {CY}.nodes().length", timeout=30)
+    assert 10 <= n_nodes <= 60
+    shot(dash_duo, "02-layer-level")
+    # expand a group node
+    group = wait_js(dash_duo, f"var g={CY}.nodes().filter(n => n.data('is_group')); return g.length && g[0].id()")
+    dash_duo.driver.execute_script(f"{CY}.getElementById(arguments[0]).emit('tap')", group)
+    wait_js(dash_duo, f"return {CY}.nodes().length > {n_nodes}")
+    # select a layer: the treemap of its feature maps appears
+    layer = wait_js(dash_duo, f"var l={CY}.nodes().filter(n => !n.data('is_group') && n.id().includes('relu'));"
+                              " return l.length && l[l.length-1].id()")
+    dash_duo.driver.execute_script(f"{CY}.getElementById(arguments[0]).emit('tap')", layer)
+    dash_duo.wait_for_contains_text("#fmap-title", layer.upper(), timeout=30)  # h3 is upper-cased by CSS
+    wait_js(dash_duo, "var g=document.querySelector('#fmap-treemap .js-plotly-plot');"
+                      " return g && g.layout && g.layout.shapes && g.layout.shapes.length > 0")
+    shot(dash_duo, "03-feature-map-level")
+    # click a cluster: heat maps of that feature map
+    dash_duo.driver.execute_script(
+        "var g=document.querySelector('#fmap-treemap .js-plotly-plot');"
+        "var t=g.data[0]; g.emit('plotly_click', {points: [{curveNumber: 0, pointNumber: 0, pointIndex: 0,"
+        " x: t.x[0], y: t.y[0], customdata: t.customdata[0]}]});")
+    dash_duo.wait_for_contains_text("#neuron-title", "#", timeout=30)
+    wait_js(dash_duo, "var g=document.querySelector('#neuron-heatmaps .js-plotly-plot');"
+                      " return g && g.data && g.data.filter(t => t.type === 'heatmap').length >= 2")
+    # discrepancy map (background job with progress)
+    dash_duo.find_element("#discrepancy").click()
+    wait_js(dash_duo, "var g=document.querySelector('#discrepancy-maps .js-plotly-plot');"
+                      " return g && g.data && g.data.filter(t => t.type === 'image').length >= 1", timeout=120)
+    dash_duo.driver.execute_script("document.getElementById('neuron-title').scrollIntoView()")
+    shot(dash_duo, "04-neuron-level")
+    assert "view=" in dash_duo.driver.current_url  # the view is in the URL
+    assert dash_duo.get_logs() == []
+
+
+def test_failing_job_shows_its_error(dash_duo, app):
+    dash_duo.start_server(app)
+    dash_duo.wait_for_element(".thumb", timeout=120)
+    dash_duo.find_elements(".thumb")[0].click()
+    dash_duo.wait_for_text_to_equal("#selection-info", "1 selected", timeout=10)
+    dash_duo.find_element("#add-group").click()  # one group only: Analyze must refuse with a message
+    dash_duo.wait_for_text_to_equal("#groups-view .group b", "G1", timeout=10)
     dash_duo.find_element("#analyze").click()
-    dash_duo.wait_for_contains_text("#analysis-summary", "diverging point", timeout=120)
-    shot(dash_duo, "02-analysis")
+    dash_duo.wait_for_contains_text("#analyze-error", "choose 2 to 4 groups", timeout=60)
     assert dash_duo.get_logs() == []

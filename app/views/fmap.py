@@ -1,0 +1,87 @@
+"""Feature-map level: Euler regions of the groups' datapaths drawn as a treemap (Plotly shapes).
+
+Regions (A only, B only, A∩B, ...) are sized by their number of maps; inside, K-means clusters of
+maps; inside a cluster N_R = ⌊log10 N_C⌋ + 1 stacked rectangles. Colour: mean importance z,
+mean activation of the first group, or activation difference (normal − adversarial).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+
+from aevis_core.analysis import Analysis
+from aevis_core.layout.euler import map_features
+from aevis_core.layout.treemap import Rect, layer_treemap
+
+SCALES = {"importance": "Blues", "activation": "Greens", "difference": "RdBu"}
+
+
+def map_values(a: Analysis, layer: str, color: str) -> np.ndarray:
+    """(n,) colour value per map for the chosen mode."""
+    dps = a.datapaths
+    if color == "importance":
+        return np.mean([dp.layers[layer].z for dp in dps.values()], axis=0)
+    ls = a.stats.layers[layer]
+    if color == "difference" and ls.diff is not None:
+        return np.asarray(ls.diff, dtype=float)
+    first = next(iter(ls.map_activation))
+    return np.asarray(ls.map_activation[first], dtype=float)
+
+
+def treemap_rects(a: Analysis, layer: str, k: int, color: str) -> list[Rect]:
+    """The treemap rectangles of ``layer`` (pure layout from aevis_core)."""
+    crit = {name: dp.layers[layer].critical for name, dp in a.datapaths.items()}
+    n = next(iter(a.datapaths.values())).layers[layer].n
+    feats = map_features(*[dp.mean_act[layer] for dp in a.datapaths.values()])
+    return layer_treemap(crit, n, feats, k=k, map_values=map_values(a, layer, color), pad=0.006)
+
+
+def _color(v: float, lo: float, hi: float, scale: str) -> str:
+    if not math.isfinite(v):
+        return "#eeeeee"
+    t = 0.5 if hi <= lo else (v - lo) / (hi - lo)
+    return sample_colorscale(scale, [min(1.0, max(0.0, t))])[0]
+
+
+def figure(rects: Sequence[Rect], color: str, title: str) -> go.Figure:
+    """Plotly figure: rectangles as shapes, one invisible marker per cluster for hover and click."""
+    vals = [r.value for r in rects if r.kind == "cluster" and math.isfinite(r.value)]
+    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+    if color == "difference":
+        m = max(abs(lo), abs(hi), 1e-12)
+        lo, hi = -m, m
+    scale = SCALES.get(color, "Blues")
+    fig = go.Figure()
+    xs, ys, text, custom = [], [], [], []
+    for r in rects:
+        if r.kind == "region":
+            fig.add_shape(type="rect", x0=r.x0, y0=r.y0, x1=r.x1, y1=r.y1, line={"color": "#52606d", "width": 2},
+                          fillcolor="rgba(0,0,0,0)")
+            fig.add_annotation(x=r.x0 + 0.005, y=r.y1 - 0.005, text=f"<b>{r.region_label}</b> ({len(r.maps)})",
+                               showarrow=False, xanchor="left", yanchor="top", font={"size": 11},
+                               bgcolor="rgba(255,255,255,0.8)")
+        elif r.kind == "stack":
+            fig.add_shape(type="rect", x0=r.x0, y0=r.y0, x1=r.x1, y1=r.y1, line={"color": "#ffffff", "width": 1},
+                          fillcolor=_color(r.value, lo, hi, scale))
+        elif r.kind == "cluster":
+            xs.append((r.x0 + r.x1) / 2)
+            ys.append((r.y0 + r.y1) / 2)
+            maps = ", ".join(f"#{m}" for m in r.maps[:24]) + (" …" if len(r.maps) > 24 else "")
+            text.append(f"{r.region_label}, cluster {r.cluster_index}<br>{len(r.maps)} maps: {maps}"
+                        f"<br>{color}: {r.value:.4g}")
+            custom.append([r.maps[0], len(r.maps), r.region_label])
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", marker={
+        "size": 14, "opacity": 0.01, "color": [0] * len(xs)}, hovertext=text, hoverinfo="text", customdata=custom,
+        showlegend=False))
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, marker={
+        "colorscale": scale, "cmin": lo, "cmax": hi, "color": [lo], "showscale": True,
+        "colorbar": {"title": {"text": color}, "thickness": 10}}))
+    fig.update_layout(title={"text": title, "font": {"size": 13}}, margin={"l": 8, "r": 8, "t": 36, "b": 8},
+                      xaxis={"visible": False, "range": [0, 1]}, yaxis={"visible": False, "range": [0, 1]},
+                      plot_bgcolor="white", paper_bgcolor="white", clickmode="event")
+    return fig
