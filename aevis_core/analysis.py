@@ -110,7 +110,8 @@ def analyze(entry: ModelEntry, graph: LayerGraph, pool: Pool, groups: Mapping[st
         report(done, steps, "similarity vs noise control")
         xn = pool.tensor([a for a, _ in pairs])
         xa = pool.tensor([b for _, b in pairs])
-        attack_eps = eps if eps is not None else float(pool.attack.get("eps") or math.nan)
+        raw_eps = pool.attack.get("eps")
+        attack_eps = eps if eps is not None else (float(raw_eps) if isinstance(raw_eps, int | float) else math.nan)
         comp = compare_with_noise_control(entry, graph, xn, xa, None if math.isnan(attack_eps) else attack_eps)
         result.pair, result.pair_ids = (normal, adv), pairs
         result.comparison = comp

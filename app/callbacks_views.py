@@ -66,7 +66,8 @@ def register_views(app: Dash, res: Resources) -> None:
     """Attach the view callbacks."""
 
     @app.callback(Output("cut", "data"), Output("focus-layer", "data"),
-                  Input("analysis-key", "data"), Input("layer-graph", "tapNodeData"), Input("collapse-group", "n_clicks"),
+                  Input("analysis-key", "data"), Input("layer-graph", "tapNodeData"),
+                  Input("collapse-group", "n_clicks"),
                   State("cut", "data"), State("focus-layer", "data"), prevent_initial_call=True)
     def cut_and_focus(key: str | None, tapped: dict[str, Any] | None, _collapse: int, cut: list[str] | None,
                       focus: str | None) -> tuple[Any, Any]:
@@ -91,7 +92,8 @@ def register_views(app: Dash, res: Resources) -> None:
     @app.callback(Output("layer-graph", "elements"), Output("layer-graph", "stylesheet"),
                   Input("cut", "data"), Input("stat", "value"), Input("lam", "value"), Input("focus-layer", "data"),
                   State("analysis-key", "data"))
-    def layer_graph(cut: list[str] | None, stat: str, lam: float, focus: str | None, key: str | None) -> tuple[Any, Any]:
+    def layer_graph(cut: list[str] | None, stat: str, lam: float, focus: str | None,
+                    key: str | None) -> tuple[Any, Any]:
         a = load_analysis(res, key)
         if a is None or not cut:
             return [], lv.STYLESHEET

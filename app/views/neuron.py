@@ -24,8 +24,9 @@ def heatmap_figure(maps: Mapping[str, np.ndarray], titles: Mapping[str, Sequence
                         horizontal_spacing=0.015, vertical_spacing=0.12)
     for r, g in enumerate(groups, start=1):
         for c, m in enumerate(maps[g][:per_group], start=1):
-            fig.add_trace(go.Heatmap(z=m[::-1], zmin=-vmax, zmax=vmax, colorscale=DIVERGING, showscale=(r == 1 and c == 1),
-                                     colorbar={"thickness": 8, "len": 0.6}), row=r, col=c)
+            fig.add_trace(go.Heatmap(z=m[::-1], zmin=-vmax, zmax=vmax, colorscale=DIVERGING,
+                                     showscale=(r == 1 and c == 1), colorbar={"thickness": 8, "len": 0.6}),
+                          row=r, col=c)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, scaleanchor=None)
     fig.update_annotations(font_size=9)
