@@ -41,7 +41,8 @@ import torch
 
 from aevis_core.data import demo_path, load_image_set
 from aevis_core.datapath.extract import Datapath, ExtractConfig, LayerDatapath, extract_datapath
-from aevis_core.datapath.qp import QPAccumulator, critical_set, default_lambda
+from aevis_core.datapath.qp import default_lambda
+from aevis_core.datapath.selection import QPAccumulator, critical_set
 from aevis_core.evaluate import FaithfulnessEvaluator, faithfulness_curve, rank_maps, resolve_ks
 from aevis_core.graph import build_graph
 from aevis_core.models import load_model

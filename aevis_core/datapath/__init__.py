@@ -1,6 +1,6 @@
 """Datapath extraction and comparison (Liu et al., VAST 2018, Sec. 4).
 
-* :mod:`.qp` — the exact box-QP solver of Eq. 5;
+* :mod:`.qp` — the exact box-QP solver of Eq. 5; :mod:`.selection` — accumulation, critical sets;
 * :mod:`.extract` — one forward + one backward pass per batch, per-layer QPs, critical sets;
 * :mod:`.connections` — links between critical maps of adjacent layers;
 * :mod:`.stats` / :mod:`.diverge` — similarity, Jaccard, activation statistics, noise control
@@ -16,17 +16,8 @@ from aevis_core.datapath.diverge import (
     noise_control,
 )
 from aevis_core.datapath.extract import Datapath, ExtractConfig, LayerDatapath, extract_datapath
-from aevis_core.datapath.qp import (
-    QPAccumulator,
-    QPResult,
-    accumulate,
-    brute_force_subset,
-    critical_set,
-    default_lambda,
-    kkt_residual,
-    objective,
-    solve_box_qp,
-)
+from aevis_core.datapath.qp import QPResult, default_lambda, kkt_residual, objective, solve_box_qp
+from aevis_core.datapath.selection import QPAccumulator, accumulate, brute_force_subset, critical_set
 from aevis_core.datapath.stats import activation_similarity, jaccard, layer_stats
 
 __all__ = [

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from aevis_core.datapath.qp import QPAccumulator, critical_set, default_lambda
+from aevis_core.datapath.qp import default_lambda
 from aevis_core.datapath.scores_pass import SCORES, batch_scores
+from aevis_core.datapath.selection import QPAccumulator, critical_set
 from aevis_core.errors import AEVisError
 from aevis_core.graph.capture import LayerCapture
 from aevis_core.graph.types import LayerGraph
