@@ -8,6 +8,13 @@ import pytest
 
 os.environ.setdefault("AEVIS_DEVICE", "cpu")
 
+try:  # no tqdm monitor thread: forked job processes would kill it and pytest would warn
+    import tqdm
+
+    tqdm.tqdm.monitor_interval = 0
+except ImportError:  # pragma: no cover
+    pass
+
 
 def pytest_setup_options():  # dash[testing] hook: headless Chromium as root, no network
     from selenium.webdriver.chrome.options import Options
