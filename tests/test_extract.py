@@ -113,3 +113,21 @@ def test_lambda_modes(r20):
     assert len(rel.layers[lid].critical) < len(paper.layers[lid].critical)
     with pytest.raises(AEVisError, match="lambda mode"):
         extract_datapath(entry, g, x, ExtractConfig(lam_mode="huge"), layers=[lid])
+
+
+
+def test_mlp_neurons_are_feature_maps():
+    from aevis_core.models.base import PixelModel
+    from tests.toy_models import MLP
+
+    torch.manual_seed(0)
+    e = wrap(ModelSpec(MLP(), (1, 4), ["a", "b"]), "mlp")
+    g = build_graph(e.model, (4,), "mlp")
+    x = torch.randn(6, 4)
+    dp = extract_datapath(e, g, x, ExtractConfig(normalize="none", score="logit", target=1), layers=["fc1", "act"])
+    assert isinstance(e.model, PixelModel) and dp.layers["fc1"].n == 3 and dp.q["act"].shape == (6, 3)
+    # logit1 = W2[1] · relu(h): q_act[k, j] = relu(h)_kj * W2[1, j]
+    net = e.model.net
+    with torch.no_grad():
+        h = torch.relu(net.fc1(x))
+    assert np.allclose(dp.q["act"], (h * net.fc2.weight[1]).numpy(), atol=1e-6)

@@ -152,3 +152,26 @@ def test_hierarchy_groups(resnet56):
     assert [c.id for c in layer2.children] == [f"layer2.{i}" for i in range(9)]
     assert layer2.children[3].layers()[0] == "layer2.3.conv1"
     assert sorted(root.layers()) == sorted(g.nodes)
+
+
+class Broken(torch.nn.Module):
+    """Neither traceable nor runnable on the declared input size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(7, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            x = x * 2
+        return self.fc(x.flatten(1))
+
+
+def test_model_that_cannot_be_traced_nor_run_gives_one_line():
+    from aevis_core.errors import ModelLoadError
+
+    e = wrap(ModelSpec(Broken(), (4, 4), ["a", "b"]), "broken")
+    with pytest.warns(RuntimeWarning), pytest.raises(ModelLoadError) as err:
+        build_graph(e.model, (3, 4, 4), "broken")
+    msg = str(err.value)
+    assert "cannot build a layer graph of Broken" in msg and "RuntimeError" in msg and "\n" not in msg

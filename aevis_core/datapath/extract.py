@@ -178,8 +178,8 @@ def extract_datapath(entry: ModelEntry, graph: LayerGraph, x: torch.Tensor,
     each batch.
     """
     cfg = (config or ExtractConfig()).validate()
-    if x.dim() != 4 or x.shape[0] == 0:
-        raise AEVisError(f"need a non-empty (N, 3, H, W) image batch, got {tuple(x.shape)}")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise AEVisError(f"need a non-empty (N, 3, H, W) image batch (or (N, F) for MLPs), got {tuple(x.shape)}")
     layer_ids = list(layers) if layers is not None else graph.feature_layers()
     device = next(entry.model.parameters()).device
     targets = resolve_targets(entry, x, cfg.target, labels)

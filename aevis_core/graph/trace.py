@@ -16,6 +16,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from aevis_core.errors import ModelLoadError
 from aevis_core.graph.blocks import find_blocks
 from aevis_core.graph.ops import (
     LEAF_TYPES,
@@ -141,7 +142,13 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...], name: str = "mod
                    "falling back to a chain of leaf modules in call order (no branches, no residual blocks)")
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             log.warning(msg)
-            return graph_from_hooks(model, example, name, msg)
+            try:
+                return graph_from_hooks(model, example, name, msg)
+            except Exception as exc2:  # noqa: BLE001 - the model cannot even run on a dummy input
+                raise ModelLoadError(
+                    f"cannot build a layer graph of {inner}: torch.fx failed ({why[:120]}) and a forward pass "
+                    f"on a {tuple(example.shape)} input failed too ({type(exc2).__name__}: {str(exc2)[:120]})"
+                ) from exc2
         with torch.no_grad():
             return graph_from_fx(gm, example, name)
     finally:
