@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -54,17 +55,23 @@ def connect(entry: ModelEntry, graph: LayerGraph, dp: Datapath,
         node = graph.nodes[child]
         mod = net.get_submodule(node.module) if node.module else None
         wmat = _weight_matrix(mod) if mod is not None else None
+        child_crit = np.asarray(res.critical, dtype=np.int64)
         for parent in node.inputs:
-            if parent not in dp.layers:
+            if parent not in dp.layers or child_crit.size == 0:
                 continue
-            pcrit = dp.layers[parent].critical
-            for o in res.critical:
-                cands: list[tuple[float, int]] = []
-                if wmat is not None and wmat.shape[1] == dp.layers[parent].n and o < wmat.shape[0]:
-                    cands = [(float(wmat[o, i]), i) for i in pcrit]
-                elif (node.op in CHANNELWISE and dp.layers[parent].n == res.n and o in pcrit):
-                    cands = [(1.0, o)]
-                cands = [c for c in cands if c[0] > 0]
-                for wgt, i in sorted(cands, key=lambda t: (-t[0], t[1]))[:keep]:
-                    links.append((parent, i, child, o, wgt))
+            par = dp.layers[parent]
+            pcrit = np.asarray(sorted(par.critical), dtype=np.int64)
+            if pcrit.size == 0:
+                continue
+            if wmat is not None and wmat.shape[1] == par.n and wmat.shape[0] == res.n:
+                w = wmat.numpy()[np.ix_(child_crit, pcrit)]          # (|C_child|, |C_parent|)
+                top = min(keep, pcrit.size)
+                best = np.argsort(-w, axis=1, kind="stable")[:, :top]
+                for r, o in enumerate(child_crit.tolist()):
+                    for col in best[r]:
+                        if w[r, col] > 0:
+                            links.append((parent, int(pcrit[col]), child, o, float(w[r, col])))
+            elif node.op in CHANNELWISE and par.n == res.n:
+                for o in np.intersect1d(child_crit, pcrit).tolist():
+                    links.append((parent, int(o), child, int(o), 1.0))
     return links

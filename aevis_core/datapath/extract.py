@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aevis_core.datapath.lowrank import solve_low_rank
 from aevis_core.datapath.qp import default_lambda
 from aevis_core.datapath.scores_pass import SCORES, batch_scores
 from aevis_core.datapath.selection import QPAccumulator, critical_set
@@ -149,10 +150,13 @@ def layer_lambda(acc: QPAccumulator, n: int, cfg: ExtractConfig) -> float:
     return cfg.rho * tr / n if tr > 0 else default_lambda(n)
 
 
-def _select(method: str, n: int, acc: QPAccumulator, q_sum: np.ndarray, act_sum: np.ndarray,
+def _select(method: str, n: int, acc: QPAccumulator, q: np.ndarray, act_sum: np.ndarray,
             cfg: ExtractConfig, rng: np.random.Generator, layer: str) -> LayerDatapath:
+    q_sum = q.sum(0)
     if method == "qp":
-        res = acc.solve(layer_lambda(acc, n, cfg))
+        lam = layer_lambda(acc, n, cfg)
+        # fewer images than maps: rank(Q) <= K, the Woodbury PDAS path is exact and much faster
+        res = solve_low_rank(q, lam) if 0 < q.shape[0] < n and lam > 0 else acc.solve(lam)
         crit = critical_set(res.z, cfg.threshold, cfg.top_k)
         return LayerDatapath(layer, n, res.z, crit.tolist(), res.objective, res.kkt_residual, res.lam)
     k = cfg.top_k or max(1, math.ceil(0.1 * n))
@@ -195,18 +199,19 @@ def extract_datapath(entry: ModelEntry, graph: LayerGraph, x: torch.Tensor,
         for k in layer_ids:
             qn = _normalise(bs.q[k], cfg.normalize)
             accs[k].add(qn.numpy())
-            q_parts[k].append(qn.float())
+            q_parts[k].append(qn)
             a_parts[k].append(bs.mean_act[k].float())
         probs.append(bs.probs)
         if progress is not None:
             progress(end, n_img)
     rng = np.random.default_rng(cfg.seed)
     result: dict[str, LayerDatapath] = {}
-    q_all = {k: torch.cat(v).numpy() for k, v in q_parts.items()}
+    q64 = {k: torch.cat(v).numpy() for k, v in q_parts.items()}
     a_all = {k: torch.cat(v).numpy() for k, v in a_parts.items()}
     for k in layer_ids:
-        n = q_all[k].shape[1]
-        result[k] = _select(cfg.method, n, accs[k], q_all[k].sum(0), a_all[k].mean(0), cfg, rng, k)
+        n = q64[k].shape[1]
+        result[k] = _select(cfg.method, n, accs[k], q64[k], a_all[k].mean(0), cfg, rng, k)
+    q_all = {k: v.astype(np.float32) for k, v in q64.items()}
     dp = Datapath(entry.model_id, cfg, result, targets.numpy(), torch.cat(probs).numpy(), q_all, a_all)
     from aevis_core.datapath.connections import connect
 
