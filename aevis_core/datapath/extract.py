@@ -186,16 +186,20 @@ def extract_datapath(entry: ModelEntry, graph: LayerGraph, x: torch.Tensor,
         raise AEVisError(f"need a non-empty (N, 3, H, W) image batch (or (N, F) for MLPs), got {tuple(x.shape)}")
     layer_ids = list(layers) if layers is not None else graph.feature_layers()
     device = next(entry.model.parameters()).device
-    targets = resolve_targets(entry, x, cfg.target, labels)
+    # predicted classes come from the extraction's own forward pass (no extra forward)
+    fixed = None if cfg.target == "pred" else resolve_targets(entry, x, cfg.target, labels)
     capture = LayerCapture(entry.model, graph, layer_ids)
     accs = {k: QPAccumulator() for k in layer_ids}
     q_parts: dict[str, list[torch.Tensor]] = {k: [] for k in layer_ids}
     a_parts: dict[str, list[torch.Tensor]] = {k: [] for k in layer_ids}
     probs = []
+    target_parts: list[torch.Tensor] = []
     n_img = x.shape[0]
     for start in range(0, n_img, cfg.batch_size):
         end = min(start + cfg.batch_size, n_img)
-        bs = batch_scores(capture, x[start:end].to(device), targets[start:end].to(device), cfg.score)
+        tb = fixed[start:end].to(device) if fixed is not None else None
+        bs = batch_scores(capture, x[start:end].to(device), tb, cfg.score)
+        target_parts.append(bs.targets)
         for k in layer_ids:
             qn = _normalise(bs.q[k], cfg.normalize)
             accs[k].add(qn.numpy())
@@ -212,6 +216,7 @@ def extract_datapath(entry: ModelEntry, graph: LayerGraph, x: torch.Tensor,
         n = q64[k].shape[1]
         result[k] = _select(cfg.method, n, accs[k], q64[k], a_all[k].mean(0), cfg, rng, k)
     q_all = {k: v.astype(np.float32) for k, v in q64.items()}
+    targets = torch.cat(target_parts)
     dp = Datapath(entry.model_id, cfg, result, targets.numpy(), torch.cat(probs).numpy(), q_all, a_all)
     from aevis_core.datapath.connections import connect
 

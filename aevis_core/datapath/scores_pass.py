@@ -28,12 +28,14 @@ class BatchScores:
     mean_act: dict[str, Tensor]
     probs: Tensor       # (B, K)
     p: Tensor           # (B,) the differentiated output per image
+    targets: Tensor     # (B,) the class differentiated per image
 
 
-def batch_scores(capture: LayerCapture, x: Tensor, targets: Tensor, score: str = "prob") -> BatchScores:
+def batch_scores(capture: LayerCapture, x: Tensor, targets: Tensor | None, score: str = "prob") -> BatchScores:
     """q (B, C) and mean activation (B, C) for every layer of ``capture`` on one batch.
 
-    ``x``: (B, 3, H, W) pixels on the model's device; ``targets``: (B,) class per image;
+    ``x``: (B, 3, H, W) pixels on the model's device; ``targets``: (B,) class per image, or None
+    for each image's predicted class (taken from this very forward pass, no extra one);
     ``score``: ``"prob"`` (softmax probability, the paper's p) or ``"logit"``.
     """
     if score not in SCORES:
@@ -44,6 +46,8 @@ def batch_scores(capture: LayerCapture, x: Tensor, targets: Tensor, score: str =
         logits = logits.float()
         probs = torch.softmax(logits, dim=1)
         out = probs if score == "prob" else logits
+        if targets is None:
+            targets = logits.detach().argmax(dim=1)
         p = out.gather(1, targets.view(-1, 1).to(out.device)).squeeze(1)
         names = list(acts)
         grads = torch.autograd.grad(p.sum(), [acts[k] for k in names], allow_unused=True)
@@ -57,4 +61,4 @@ def batch_scores(capture: LayerCapture, x: Tensor, targets: Tensor, score: str =
         ma = a.mean(dim=dims) if dims else a
         q[k] = qa.double().cpu()
         mean_act[k] = ma.double().cpu()
-    return BatchScores(q, mean_act, probs.detach().cpu(), p.detach().cpu())
+    return BatchScores(q, mean_act, probs.detach().cpu(), p.detach().cpu(), targets.detach().cpu())
