@@ -5,7 +5,8 @@
 (c) per-layer loop: one forward + backward per layer (as Captum's LayerGradientXActivation
     called layer by layer), timed on an evenly spaced sample of layers and scaled to all layers.
 Targets: (b)/(a) <= 1.2, (c)/(b) >= 10; peak memory over 200 images ≈ that of one batch
-(peak RSS of a child process extracting 32 vs 200 images).
+(peak RSS, VmHWM, of a fresh child process extracting 32 vs 200 images; ru_maxrss would include
+the parent's peak, which survives exec on Linux).
 
 Usage: python bench/extraction.py [--quick]
 """
@@ -72,14 +73,14 @@ def run(model: str, demo: str, n: int, repeat: int, sample: int) -> None:
 
 def peak_rss_child(n: int) -> float:
     code = (
-        "import resource,torch;from aevis_core.models import load_model;"
+        "import torch;from aevis_core.models import load_model;"
         "from aevis_core.graph import build_graph;from aevis_core.data import load_image_set,demo_path;"
         "from aevis_core.datapath.extract import extract_datapath,ExtractConfig;"
         "e=load_model('cifar-resnet56');g=build_graph(e.model,(3,32,32),'r');"
         "s=load_image_set(demo_path('cifar10'));x=e.preprocess_many(s.images);"
         f"x=torch.cat([x,x.flip(3)])[:{n}];"
         "extract_datapath(e,g,x,ExtractConfig(batch_size=32));"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1]) / 1024.0
