@@ -40,3 +40,15 @@ def test_bad_input():
         solve_low_rank(np.ones(3), 0.1)
     with pytest.raises(ValueError):
         solve_low_rank(np.ones((2, 3)), 0.0)
+
+
+def test_low_rank_kkt_never_above_dense():
+    from aevis_core.datapath.lowrank import low_rank_kkt
+
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((6, 50))
+    Q, c, _, _ = accumulate(q)
+    z = np.clip(rng.uniform(-0.1, 1.1, 50), 0, 1)
+    dense = kkt_residual(Q, c, 0.01, z)
+    fast = low_rank_kkt(q.T, c, 0.01, z)
+    assert 0 < fast <= dense + 1e-15 and fast > 0.2 * dense

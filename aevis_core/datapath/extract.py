@@ -140,13 +140,13 @@ def _normalise(q: torch.Tensor, how: str) -> torch.Tensor:
     return q
 
 
-def layer_lambda(acc: QPAccumulator, n: int, cfg: ExtractConfig) -> float:
-    """λ of one layer: absolute ``cfg.lam``, else ρ·tr(Q)/n (``relative``) or 0.1/n² (``paper``)."""
+def layer_lambda(q: np.ndarray, n: int, cfg: ExtractConfig) -> float:
+    """λ of one layer: absolute ``cfg.lam``, else ρ·tr(Q)/n (``relative``; tr(Q) = Σ q²) or 0.1/n²."""
     if cfg.lam is not None:
         return float(cfg.lam)
-    if cfg.lam_mode == "paper" or acc.Q is None:
+    if cfg.lam_mode == "paper":
         return default_lambda(n)
-    tr = float(np.trace(acc.Q))
+    tr = float(np.einsum("ij,ij->", q, q))
     return cfg.rho * tr / n if tr > 0 else default_lambda(n)
 
 
@@ -154,9 +154,9 @@ def _select(method: str, n: int, acc: QPAccumulator, q: np.ndarray, act_sum: np.
             cfg: ExtractConfig, rng: np.random.Generator, layer: str) -> LayerDatapath:
     q_sum = q.sum(0)
     if method == "qp":
-        lam = layer_lambda(acc, n, cfg)
+        lam = layer_lambda(q, n, cfg)
         # fewer images than maps: rank(Q) <= K, the Woodbury PDAS path is exact and much faster
-        res = solve_low_rank(q, lam) if 0 < q.shape[0] < n and lam > 0 else acc.solve(lam)
+        res = solve_low_rank(q, lam) if acc.K == 0 and lam > 0 else acc.solve(lam)
         crit = critical_set(res.z, cfg.threshold, cfg.top_k)
         return LayerDatapath(layer, n, res.z, crit.tolist(), res.objective, res.kkt_residual, res.lam)
     k = cfg.top_k or max(1, math.ceil(0.1 * n))
@@ -202,7 +202,8 @@ def extract_datapath(entry: ModelEntry, graph: LayerGraph, x: torch.Tensor,
         target_parts.append(bs.targets)
         for k in layer_ids:
             qn = _normalise(bs.q[k], cfg.normalize)
-            accs[k].add(qn.numpy())
+            if cfg.method == "qp" and not n_img < qn.shape[1]:  # low-rank layers solve from q itself
+                accs[k].add(qn.numpy())
             q_parts[k].append(qn)
             a_parts[k].append(bs.mean_act[k].float())
         probs.append(bs.probs)
