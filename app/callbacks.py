@@ -23,8 +23,8 @@ MAX_GROUPS = 4
 
 
 def load_pool(res: Resources, key: str | None) -> Pool | None:
-    """The prepared pool (only when the page knows it is ready)."""
-    return res.pool() if key else None
+    """The pool the page works on (None until it is ready)."""
+    return res.pool(key) if key else None
 
 
 def load_analysis(res: Resources, key: str | None) -> Analysis | None:
@@ -68,20 +68,43 @@ def register(app: Dash, res: Resources) -> None:
     )
     def prepare(set_progress: Any, _path: str | None) -> tuple[Any, Any]:
         try:
-            pool = jobs.prepare_pool(set_progress, res)
+            return jobs.prepare_pool(set_progress, res), ""
         except Exception as exc:  # noqa: BLE001 - shown as one line
             return None, f"Could not prepare the images: {jobs.user_message(exc)}"
-        return pool.model_id + ":" + str(len(pool.items)), ""
+
+    @app.callback(
+        Output("pool-key", "data", allow_duplicate=True), Output("generate-error", "children"),
+        Input("generate", "n_clicks"), State("gen-method", "value"), State("gen-eps", "value"),
+        State("gen-steps", "value"), State("gen-source", "value"),
+        background=True,
+        progress=[Output("generate-progress", "value"), Output("generate-progress", "max"),
+                  Output("generate-status", "children")],
+        running=[(Output("generate", "disabled"), True, False),
+                 (Output("generate-progress-box", "style"), SHOW, HIDE)],
+        prevent_initial_call=True,
+    )
+    def generate(set_progress: Any, _n: int, method: str, eps: str, steps: int, source: str) -> tuple[Any, Any]:
+        try:
+            return jobs.generate_pool(set_progress, res, method, eps, steps, source), ""
+        except Exception as exc:  # noqa: BLE001 - shown as one line, the current images stay
+            return no_update, jobs.user_message(exc)
 
     @app.callback(Output("model-info", "children"), Output("filter-class", "options"), Output("preset", "options"),
-                  Input("pool-key", "data"))
-    def pool_ready(key: str | None) -> tuple[Any, Any, Any]:
+                  Output("gen-source", "options"), Input("pool-key", "data"))
+    def pool_ready(key: str | None) -> tuple[Any, Any, Any, Any]:
         pool = load_pool(res, key)
         if pool is None:
-            return "preparing…", [], []
+            return "preparing…", [], [], []
         n = sum(it.kind == "normal" for it in pool.items)
-        info = f"{res.config.model} · {n} images + {n} MI-FGSM twins (ε={pool.attack.get('eps'):.4f})"
-        return info, iv.class_options(pool), [{"label": k, "value": k} for k in iv.presets(pool)]
+        eps = pool.attack.get("eps")
+        eps_txt = f", ε={eps * 255:.1f}/255" if isinstance(eps, float) else ""
+        info = f"{res.config.model} · {n} images + {n} {str(pool.attack.get('method')).upper()} twins{eps_txt}"
+        from aevis_core.models import ZOO
+
+        dataset = res.entry.dataset
+        sources = [{"label": f"{name} (transfer)" if name != res.config.model else f"{name} (white-box)",
+                    "value": name} for name, z in ZOO.items() if z.dataset == dataset]
+        return info, iv.class_options(pool), [{"label": k, "value": k} for k in iv.presets(pool)], sources
 
     @app.callback(Output("image-list", "children"),
                   Input("pool-key", "data"), Input("filter-class", "value"), Input("filter-kind", "value"),
@@ -144,7 +167,7 @@ def register(app: Dash, res: Resources) -> None:
 
     @app.callback(
         Output("analysis-key", "data"), Output("analyze-error", "children"),
-        Input("analyze", "n_clicks"), State("groups", "data"),
+        Input("analyze", "n_clicks"), State("groups", "data"), State("pool-key", "data"),
         background=True,
         progress=[Output("analyze-progress", "value"), Output("analyze-progress", "max"),
                   Output("analyze-status", "children")],
@@ -153,9 +176,9 @@ def register(app: Dash, res: Resources) -> None:
         cancel=[Input("cancel-analyze", "n_clicks")],
         prevent_initial_call=True,
     )
-    def run_analyze(set_progress: Any, _n: int, groups: dict[str, list[str]]) -> tuple[Any, Any]:
+    def run_analyze(set_progress: Any, _n: int, groups: dict[str, list[str]], pool_key: str | None) -> tuple[Any, Any]:
         try:
-            result = jobs.run_analysis(set_progress, res, groups or {})
+            result = jobs.run_analysis(set_progress, res, groups or {}, pool_key)
         except Exception as exc:  # noqa: BLE001 - shown as one line, previous result kept
             return no_update, jobs.user_message(exc)
         return result.key, ""

@@ -47,13 +47,14 @@ def initial_focus(a: Analysis, doi: dict[str, float]) -> str:
     return max(doi, key=lambda k: (doi[k], k)) if doi else next(iter(a.stats.layers))
 
 
-def heat_maps(res: Resources, a: Analysis, layer: str, channel: int, per_group: int = 6) -> dict[str, np.ndarray]:
+def heat_maps(res: Resources, a: Analysis, layer: str, channel: int, pool_key: str | None,
+              per_group: int = 6) -> dict[str, np.ndarray]:
     """Activation maps (N, h, w) per group for the first ``per_group`` images; cached."""
     key = content_key("heat/v1", a.key, layer, channel, per_group)
     cached = res.cache.get(key)
     if cached is not None:
         return cached
-    pool = res.pool()
+    pool = res.pool(pool_key)
     if pool is None:
         raise PreventUpdate
     out = {g: activation_maps(res.entry, res.graph, layer, channel, pool.tensor(ids[:per_group]))
@@ -131,13 +132,13 @@ def register_views(app: Dash, res: Resources) -> None:
         return {"layer": layer, "map": int(data[0]), "cluster": f"{data[2]} ({data[1]} maps)"}
 
     @app.callback(Output("neuron-heatmaps", "figure"), Output("neuron-title", "children"),
-                  Input("focus-map", "data"), State("analysis-key", "data"))
-    def neuron(focus: dict[str, Any] | None, key: str | None) -> tuple[Any, Any]:
+                  Input("focus-map", "data"), State("analysis-key", "data"), State("pool-key", "data"))
+    def neuron(focus: dict[str, Any] | None, key: str | None, pool_key: str | None) -> tuple[Any, Any]:
         a = load_analysis(res, key)
         if a is None or not focus:
             return nv.empty_figure("Click a cluster in the treemap to see its feature map"), "Neuron level"
         layer, ch = focus["layer"], int(focus["map"])
-        maps = heat_maps(res, a, layer, ch)
+        maps = heat_maps(res, a, layer, ch, pool_key)
         titles = {g: [i.replace("~adv", "*") for i in ids[:6]] for g, ids in a.groups.items()}
         label = f"{layer} #{ch}"
         return nv.heatmap_figure(maps, titles, f"{label}: activation (red < 0 < green)"), f"Neuron level · {label}"
@@ -145,6 +146,7 @@ def register_views(app: Dash, res: Resources) -> None:
     @app.callback(
         Output("discrepancy-maps", "figure"), Output("discrepancy-error", "children"),
         Input("discrepancy", "n_clicks"), State("focus-map", "data"), State("analysis-key", "data"),
+        State("pool-key", "data"),
         background=True,
         progress=[Output("discrepancy-progress", "value"), Output("discrepancy-progress", "max"),
                   Output("discrepancy-status", "children")],
@@ -154,12 +156,13 @@ def register_views(app: Dash, res: Resources) -> None:
         cancel=[Input("cancel-discrepancy", "n_clicks")],
         prevent_initial_call=True,
     )
-    def discrepancy(set_progress: Any, _n: int, focus: dict[str, Any] | None, key: str | None) -> tuple[Any, Any]:
+    def discrepancy(set_progress: Any, _n: int, focus: dict[str, Any] | None, key: str | None,
+                    pool_key: str | None) -> tuple[Any, Any]:
         a = load_analysis(res, key)
         if a is None or not focus:
             return no_update, "Pick a feature map first (click a cluster in the treemap)."
         try:
-            return discrepancy_figure(res, a, focus["layer"], int(focus["map"]), set_progress), ""
+            return discrepancy_figure(res, a, focus["layer"], int(focus["map"]), pool_key, set_progress), ""
         except Exception as exc:  # noqa: BLE001 - one line in the UI
             return no_update, jobs.user_message(exc)
 
@@ -199,9 +202,10 @@ def _parent_group(root: GroupNode, layer: str, cut: list[str]) -> str | None:
     return None
 
 
-def discrepancy_figure(res: Resources, a: Analysis, layer: str, channel: int, set_progress: Any) -> Any:
+def discrepancy_figure(res: Resources, a: Analysis, layer: str, channel: int, pool_key: str | None,
+                       set_progress: Any) -> Any:
     """Discrepancy maps (occlusion, 8x8 patches) of the 3 most activating images of the groups."""
-    pool = res.pool()
+    pool = res.pool(pool_key)
     if pool is None:
         raise PreventUpdate
     ids = [i for g in a.groups.values() for i in g]

@@ -14,7 +14,7 @@ from typing import Any
 from aevis_core.analysis import Analysis, analyze
 from aevis_core.errors import AEVisError
 from aevis_core.models import default_device
-from aevis_core.pool import Pool, build_pool
+from aevis_core.pool import build_pool
 from app.resources import Resources
 
 log = logging.getLogger(__name__)
@@ -35,22 +35,48 @@ def progress_reporter(set_progress: SetProgress) -> Callable[[int, int, str], No
     return report
 
 
-def prepare_pool(set_progress: SetProgress, res: Resources) -> Pool:
-    """Load the cached pool, or build it (attack + predictions + scores) and cache it."""
-    pool = res.pool()
-    if pool is not None:
-        return pool
+def prepare_pool(set_progress: SetProgress, res: Resources) -> str:
+    """Key of the default pool: load it from the cache, or build it (attack + predictions + scores)."""
+    key = res.pool_key()
+    if res.pool(key) is not None:
+        return key
     jr = job_resources(res)
     report = progress_reporter(set_progress)
     report(0, 1, "loading model and images")
     pool = build_pool(jr.entry, jr.images, jr.attack_config(), progress=report)
-    res.cache.cache.set(res.pool_key(), pool)
-    return pool
+    res.cache.cache.set(key, pool)
+    return key
 
 
-def run_analysis(set_progress: SetProgress, res: Resources, groups: dict[str, list[str]]) -> Analysis:
+def generate_pool(set_progress: SetProgress, res: Resources, method: str, eps: str, steps: int | None,
+                  source: str | None) -> str:
+    """Key of a pool whose adversarial twins come from the given attack (white-box or transfer)."""
+    from aevis_core.attacks import AttackConfig, parse_eps, validate_config
+    from aevis_core.models import ZOO, load_model
+
+    cfg = validate_config(AttackConfig(method=method or "mifgsm", eps=parse_eps(eps or "4/255"),
+                                       steps=int(steps or 10)))
+    jr = job_resources(res)
+    src = None
+    if source and source != res.config.model:
+        if source not in ZOO:
+            raise AEVisError(f"unknown source model {source!r}")
+        src = load_model(source, device=next(jr.entry.model.parameters()).device)
+        if src.input_size != jr.entry.input_size or src.num_classes != jr.entry.num_classes:
+            raise AEVisError(f"{source} does not take the same images and classes as {res.config.model}")
+    key = res.pool_key(cfg, source if src is not None else None)
+    if res.pool(key) is not None:
+        return key
+    report = progress_reporter(set_progress)
+    pool = build_pool(jr.entry, jr.images, cfg, progress=report, source=src)
+    res.cache.cache.set(key, pool)
+    return key
+
+
+def run_analysis(set_progress: SetProgress, res: Resources, groups: dict[str, list[str]],
+                 pool_key: str | None = None) -> Analysis:
     """Analyze the groups of the prepared pool (cached)."""
-    pool = res.pool()
+    pool = res.pool(pool_key)
     if pool is None:
         raise AEVisError("the image pool is not ready yet; wait for the preparation to finish")
     jr = job_resources(res)

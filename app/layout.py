@@ -41,6 +41,22 @@ def controls_left() -> html.Div:
                         n_clicks=0, disabled=True),
             html.Button("Clear", id="clear-selection", n_clicks=0),
         ], className="selection-bar"),
+        html.Details([
+            html.Summary("Generate adversarial versions"),
+            html.Div([
+                dcc.Dropdown(id="gen-method", value="mifgsm", clearable=False, options=[
+                    {"label": "MI-FGSM", "value": "mifgsm"}, {"label": "FGSM", "value": "fgsm"},
+                    {"label": "PGD-L∞", "value": "pgd"}, {"label": "C&W-L2", "value": "cw"},
+                    {"label": "DeepFool", "value": "deepfool"}]),
+                dcc.Input(id="gen-eps", value="4/255", debounce=True, placeholder="ε, e.g. 4/255",
+                          className="small-input"),
+                dcc.Input(id="gen-steps", type="number", value=10, min=1, max=200, className="small-input"),
+                dcc.Dropdown(id="gen-source", placeholder="craft on (white-box: this model)", clearable=True),
+                html.Button("Generate", id="generate", n_clicks=0),
+            ], className="generate"),
+            _progress("generate"),
+            html.Div(id="generate-error", className="error"),
+        ], className="generate-box"),
         html.H3("Groups"),
         dcc.Dropdown(id="preset", placeholder="presets…", clearable=True),
         html.Div(id="groups-view", className="groups"),

@@ -66,14 +66,15 @@ class Resources:
         eps = self.config.eps or ("8/255" if self.entry.dataset == "cifar10" else "4/255")
         return AttackConfig(method="mifgsm", eps=parse_eps(eps), steps=self.config.attack_steps)
 
-    def pool_key(self) -> str:
-        """Cache key of the demo pool (model, images, attack)."""
+    def pool_key(self, attack: AttackConfig | None = None, source: str | None = None) -> str:
+        """Cache key of a pool (model, images, attack, model the attack was crafted on)."""
         x = self.entry.preprocess_many(self.images.images)
-        return content_key("pool/v1", self.entry.model_id, x, self.attack_config().to_dict())
+        cfg = attack or self.attack_config()
+        return content_key("pool/v1", self.entry.model_id, x, cfg.to_dict(), source)
 
-    def pool(self) -> Pool | None:
-        """The prepared pool if it is in the cache (None until the preparation job ran)."""
-        value = self.cache.get(self._pool_key_cached)
+    def pool(self, key: str | None = None) -> Pool | None:
+        """A prepared pool from the cache (the default one when ``key`` is None), else None."""
+        value = self.cache.get(key or self._pool_key_cached)
         return value if isinstance(value, Pool) else None
 
     @cached_property

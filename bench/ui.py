@@ -61,9 +61,11 @@ def main() -> None:
     args = ap.parse_args()
     cfg = AppConfig(model=args.model, cache_dir=Path(args.cache_dir), max_images=60)
     res = Resources(cfg)
-    pool = prepare_pool(lambda p: None, res)
+    pool_key = prepare_pool(lambda p: None, res)
+    pool = res.pool(pool_key)
+    assert pool is not None
     groups = next(iter(iv.presets(pool).values()))
-    analysis = run_analysis(lambda p: None, res, groups)
+    analysis = run_analysis(lambda p: None, res, groups, pool_key)
     app = create_app(cfg)
     client = app.server.test_client()
     from aevis_core.graph.hierarchy import build_hierarchy
@@ -99,7 +101,7 @@ def main() -> None:
         "neuron heat maps (cluster click)": lambda i: post(
             client, [("neuron-heatmaps", "figure"), ("neuron-title", "children")],
             [("focus-map", "data", {"layer": layer, "map": first_map, "cluster": "c"})],
-            [("analysis-key", "data", key)], "focus-map.data"),
+            [("analysis-key", "data", key), ("pool-key", "data", pool_key)], "focus-map.data"),
     }
     print(f"{args.model}: warm cache, {args.calls} calls per view change (server time, Flask test client)")
     for name, fn in cases.items():

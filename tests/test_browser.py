@@ -102,4 +102,18 @@ def test_failing_job_shows_its_error(dash_duo, app):
     dash_duo.wait_for_text_to_equal("#groups-view .group b", "G1", timeout=10)
     dash_duo.find_element("#analyze").click()
     dash_duo.wait_for_contains_text("#analyze-error", "choose 2 to 4 groups", timeout=60)
+    # generating adversarial versions: a bad eps is refused in one line, FGSM replaces the twins
+    dash_duo.find_element(".generate-box summary").click()
+    eps = dash_duo.find_element("#gen-eps")
+    eps.clear()
+    eps.send_keys("lots\n")
+    dash_duo.find_element("#generate").click()
+    dash_duo.wait_for_contains_text("#generate-error", "eps", timeout=60)
+    shot(dash_duo, "05-generate-error")
+    dash_duo.select_dcc_dropdown("#gen-method", value="FGSM")  # option text
+    eps.clear()
+    eps.send_keys("8/255\n")
+    dash_duo.find_element("#generate").click()
+    dash_duo.wait_for_contains_text("#model-info", "+ 40 FGSM twins", timeout=120)
+    assert dash_duo.find_element("#generate-error").text == ""
     assert dash_duo.get_logs() == []
