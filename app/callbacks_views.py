@@ -166,6 +166,34 @@ def register_views(app: Dash, res: Resources) -> None:
         except Exception as exc:  # noqa: BLE001 - one line in the UI
             return no_update, jobs.user_message(exc)
 
+    @app.callback(
+        Output("faithfulness-curves", "figure"), Output("faithfulness-curves", "style"),
+        Output("faithfulness-error", "children"),
+        Input("faithfulness", "n_clicks"), State("focus-layer", "data"), State("analysis-key", "data"),
+        State("pool-key", "data"),
+        background=True,
+        progress=[Output("faithfulness-progress", "value"), Output("faithfulness-progress", "max"),
+                  Output("faithfulness-status", "children")],
+        running=[(Output("faithfulness", "disabled"), True, False),
+                 (Output("cancel-faithfulness", "disabled"), False, True),
+                 (Output("faithfulness-progress-box", "style"), SHOW, HIDE)],
+        cancel=[Input("cancel-faithfulness", "n_clicks")],
+        prevent_initial_call=True,
+    )
+    def faithfulness(set_progress: Any, _n: int, layer: str | None, key: str | None,
+                     pool_key: str | None) -> tuple[Any, Any, Any]:
+        a = load_analysis(res, key)
+        pool = res.pool(pool_key)
+        if a is None or pool is None or not layer:
+            return no_update, no_update, "Analyze groups and pick a layer first."
+        try:
+            set_progress(("0", "1", "masking maps layer by layer…"))
+            table = faithfulness_table(res, a, layer, pool_key)
+        except Exception as exc:  # noqa: BLE001 - one line in the UI
+            return no_update, no_update, jobs.user_message(exc)
+        group = next(iter(a.groups))
+        return fv.faithfulness_figure(table, f"{layer}: top-1 preserved when keeping k maps ({group})"), {}, ""
+
     @app.callback(Output("url", "search"), Input("groups", "data"), Input("focus-layer", "data"),
                   Input("focus-map", "data"), Input("stat", "value"), prevent_initial_call=True)
     def write_url(groups: Any, layer: Any, fmap: Any, stat: Any) -> str:
@@ -183,6 +211,23 @@ def register_views(app: Dash, res: Resources) -> None:
         except (KeyError, ValueError):
             raise PreventUpdate from None
         return state.get("groups") or no_update, state.get("stat") or no_update
+
+
+def faithfulness_table(res: Resources, a: Analysis, layer: str, pool_key: str | None) -> dict[str, Any]:
+    """Equal-k faithfulness of the methods at ``layer`` on the first group's images (cached)."""
+    from aevis_core.evaluate import faithfulness_curve
+
+    key = content_key("faith/v1", a.key, layer)
+    cached = res.cache.get(key)
+    if cached is not None:
+        return cached
+    pool = res.pool(pool_key)
+    if pool is None:
+        raise PreventUpdate
+    x = pool.tensor(next(iter(a.groups.values())))
+    table = faithfulness_curve(res.entry, res.graph, x, layer, score="prob", normalize="l1")
+    res.cache.cache.set(key, table)
+    return table
 
 
 def _parent_group(root: GroupNode, layer: str, cut: list[str]) -> str | None:

@@ -109,6 +109,13 @@ def fmap_level() -> html.Div:
             dcc.Slider(id="fmap-k", min=1, max=12, step=1, value=4),
         ], className="controls"),
         dcc.Graph(id="fmap-treemap", config=GRAPH_CONFIG, style={"height": "420px"}),
+        html.Div([
+            html.Button("Faithfulness of this layer (keep only the top-k maps)", id="faithfulness", n_clicks=0),
+            html.Button("Cancel", id="cancel-faithfulness", n_clicks=0, disabled=True),
+        ]),
+        _progress("faithfulness"),
+        html.Div(id="faithfulness-error", className="error"),
+        dcc.Graph(id="faithfulness-curves", config=GRAPH_CONFIG, style={"display": "none"}),
     ], className="panel")
 
 

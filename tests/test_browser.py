@@ -74,6 +74,9 @@ def test_demo_flow(dash_duo, app):
     dash_duo.wait_for_contains_text("#fmap-title", layer.upper(), timeout=30)  # h3 is upper-cased by CSS
     wait_js(dash_duo, "var g=document.querySelector('#fmap-treemap .js-plotly-plot');"
                       " return g && g.layout && g.layout.shapes && g.layout.shapes.length > 0")
+    dash_duo.find_element("#faithfulness").click()
+    wait_js(dash_duo, "var g=document.querySelector('#faithfulness-curves .js-plotly-plot');"
+                      " return g && g.data && g.data.length >= 3", timeout=120)
     shot(dash_duo, "03-feature-map-level")
     # click a cluster: heat maps of that feature map
     dash_duo.driver.execute_script(

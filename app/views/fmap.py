@@ -85,3 +85,21 @@ def figure(rects: Sequence[Rect], color: str, title: str) -> go.Figure:
                       xaxis={"visible": False, "range": [0, 1]}, yaxis={"visible": False, "range": [0, 1]},
                       plot_bgcolor="white", paper_bgcolor="white", clickmode="event")
     return fig
+
+
+METHOD_LABELS = {"qp": "datapath (QP)", "gradxact_topk": "grad × act top-k", "act_topk": "activation top-k",
+                 "random": "random"}
+
+
+def faithfulness_figure(table: dict[str, object], title: str) -> go.Figure:
+    """Preserved top-1 fraction vs number of kept maps, one line per method."""
+    rows = [r for r in table["rows"] if r["fill"] == "zero"]  # type: ignore[index, union-attr]
+    fig = go.Figure()
+    for method, label in METHOD_LABELS.items():
+        pts = sorted((r["k"], r["preserved"]) for r in rows if r["method"] == method)
+        if pts:
+            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=label))
+    fig.update_layout(title={"text": title, "font": {"size": 13}}, height=300, xaxis_title="maps kept (k)",
+                      yaxis={"title": "prediction preserved", "range": [0, 1.05]},
+                      margin={"l": 50, "r": 8, "t": 40, "b": 40}, plot_bgcolor="white")
+    return fig
