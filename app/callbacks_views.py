@@ -132,8 +132,10 @@ def register_views(app: Dash, res: Resources) -> None:
         return {"layer": layer, "map": int(data[0]), "cluster": f"{data[2]} ({data[1]} maps)"}
 
     @app.callback(Output("neuron-heatmaps", "figure"), Output("neuron-title", "children"),
-                  Input("focus-map", "data"), State("analysis-key", "data"), State("pool-key", "data"))
-    def neuron(focus: dict[str, Any] | None, key: str | None, pool_key: str | None) -> tuple[Any, Any]:
+                  Input("focus-map", "data"), Input("overlay", "value"), State("analysis-key", "data"),
+                  State("pool-key", "data"))
+    def neuron(focus: dict[str, Any] | None, overlay: list[str] | None, key: str | None,
+               pool_key: str | None) -> tuple[Any, Any]:
         a = load_analysis(res, key)
         if a is None or not focus:
             return nv.empty_figure("Click a cluster in the treemap to see its feature map"), "Neuron level"
@@ -141,7 +143,23 @@ def register_views(app: Dash, res: Resources) -> None:
         maps = heat_maps(res, a, layer, ch, pool_key)
         titles = {g: [i.replace("~adv", "*") for i in ids[:6]] for g, ids in a.groups.items()}
         label = f"{layer} #{ch}"
-        return nv.heatmap_figure(maps, titles, f"{label}: activation (red < 0 < green)"), f"Neuron level · {label}"
+        images = None
+        pool = res.pool(pool_key)
+        if overlay and pool is not None:
+            idx = pool.index()
+            images = {g: pool.pixels[[idx[i] for i in ids[:6]]] for g, ids in a.groups.items()}
+        fig = nv.heatmap_figure(maps, titles, f"{label}: activation (red < 0 < green)", images=images)
+        return fig, f"Neuron level · {label}"
+
+    @app.callback(Output("top-patches", "figure"), Output("top-patches", "style"),
+                  Input("focus-map", "data"), State("analysis-key", "data"), State("pool-key", "data"))
+    def patches(focus: dict[str, Any] | None, key: str | None, pool_key: str | None) -> tuple[Any, Any]:
+        a = load_analysis(res, key)
+        if a is None or not focus:
+            return no_update, {"display": "none"}
+        crops, titles = top_patch_crops(res, a, focus["layer"], int(focus["map"]), pool_key)
+        label = f"{focus['layer']} #{int(focus['map'])}: top-activating patches"
+        return nv.image_figure(crops, titles, label), {}
 
     @app.callback(
         Output("discrepancy-maps", "figure"), Output("discrepancy-error", "children"),
@@ -211,6 +229,25 @@ def register_views(app: Dash, res: Resources) -> None:
         except (KeyError, ValueError):
             raise PreventUpdate from None
         return state.get("groups") or no_update, state.get("stat") or no_update
+
+
+def top_patch_crops(res: Resources, a: Analysis, layer: str, channel: int, pool_key: str | None,
+                    k: int = 6) -> tuple[list[np.ndarray], list[str]]:
+    """Crops around the strongest activations of the map over all analysed images (cached)."""
+    from aevis_core.neuron import top_patches
+
+    key = content_key("patches/v1", a.key, layer, channel, k)
+    cached = res.cache.get(key)
+    if cached is not None:
+        return cached
+    pool = res.pool(pool_key)
+    if pool is None:
+        raise PreventUpdate
+    ids = [i for g in a.groups.values() for i in g]
+    tops = top_patches(res.entry, res.graph, layer, channel, pool.tensor(ids), k=min(k, len(ids)))
+    out = ([t.crop for t in tops], [ids[t.image_index].replace("~adv", " (adv)") for t in tops])
+    res.cache.cache.set(key, out)
+    return out
 
 
 def faithfulness_table(res: Resources, a: Analysis, layer: str, pool_key: str | None) -> dict[str, Any]:

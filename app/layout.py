@@ -123,7 +123,10 @@ def neuron_level() -> html.Div:
     """R3: activation heat maps and discrepancy maps of one feature map."""
     return html.Div([
         html.H3(id="neuron-title", children="Neuron level"),
+        dcc.Checklist(id="overlay", options=[{"label": "heat maps over the input images", "value": "on"}],
+                      value=[]),
         dcc.Graph(id="neuron-heatmaps", config=GRAPH_CONFIG),
+        dcc.Graph(id="top-patches", config=GRAPH_CONFIG, style={"display": "none"}),
         html.Div([
             html.Button("Compute learned feature (discrepancy maps)", id="discrepancy", n_clicks=0),
             html.Button("Cancel", id="cancel-discrepancy", n_clicks=0, disabled=True),

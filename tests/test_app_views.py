@@ -104,6 +104,11 @@ def test_neuron_figures():
     fig = nv.heatmap_figure(maps, {"A": ["a", "b", "c"], "B": ["d", "e"]}, "label")
     heat = [t for t in fig.data if t.type == "heatmap"]
     assert len(heat) == 5 and heat[0].zmin == -heat[0].zmax
+    over = nv.heatmap_figure(maps, {"A": ["a", "b", "c"], "B": ["d", "e"]}, "label",
+                             images={"A": np.zeros((3, 8, 8, 3), dtype=np.uint8)})
+    assert len([t for t in over.data if t.type == "image"]) == 3
+    overlaid = [t for t in over.data if t.type == "heatmap"][0]
+    assert overlaid.dx == 2 and overlaid.opacity == 0.6  # a 4x4 map stretched over the 8x8 image
     img = nv.image_figure([np.zeros((4, 4, 3), dtype=np.uint8)], ["x"], "t")
     assert img.data[0].type == "image"
 

@@ -86,6 +86,8 @@ def test_demo_flow(dash_duo, app):
     dash_duo.wait_for_contains_text("#neuron-title", "#", timeout=30)
     wait_js(dash_duo, "var g=document.querySelector('#neuron-heatmaps .js-plotly-plot');"
                       " return g && g.data && g.data.filter(t => t.type === 'heatmap').length >= 2")
+    wait_js(dash_duo, "var g=document.querySelector('#top-patches .js-plotly-plot');"
+                      " return g && g.data && g.data.filter(t => t.type === 'image').length >= 3")
     # discrepancy map (background job with progress)
     dash_duo.find_element("#discrepancy").click()
     wait_js(dash_duo, "var g=document.querySelector('#discrepancy-maps .js-plotly-plot');"

@@ -13,8 +13,11 @@ DIVERGING = [[0.0, "#c0392b"], [0.5, "#ffffff"], [1.0, "#1e8449"]]
 
 
 def heatmap_figure(maps: Mapping[str, np.ndarray], titles: Mapping[str, Sequence[str]], label: str,
-                   per_group: int = 6) -> go.Figure:
-    """Grid: one row per group, up to ``per_group`` (h, w) heat maps each, shared symmetric scale."""
+                   per_group: int = 6, images: Mapping[str, np.ndarray] | None = None) -> go.Figure:
+    """Grid: one row per group, up to ``per_group`` (h, w) heat maps each, shared symmetric scale.
+
+    ``images`` (group -> (N, H, W, 3) uint8): draw each heat map semi-transparent over its input.
+    """
     groups = list(maps)
     rows = max(1, len(groups))
     vmax = max((float(np.abs(m[:per_group]).max()) for m in maps.values() if m.size), default=1.0) or 1.0
@@ -24,11 +27,18 @@ def heatmap_figure(maps: Mapping[str, np.ndarray], titles: Mapping[str, Sequence
                         horizontal_spacing=0.015, vertical_spacing=0.12)
     for r, g in enumerate(groups, start=1):
         for c, m in enumerate(maps[g][:per_group], start=1):
-            fig.add_trace(go.Heatmap(z=m[::-1], zmin=-vmax, zmax=vmax, colorscale=DIVERGING,
-                                     showscale=(r == 1 and c == 1), colorbar={"thickness": 8, "len": 0.6}),
-                          row=r, col=c)
+            h, w = m.shape
+            geo: dict[str, float] = {}
+            if images is not None and g in images and c - 1 < len(images[g]):
+                img = images[g][c - 1]
+                fig.add_trace(go.Image(z=img, hoverinfo="skip"), row=r, col=c)
+                dy, dx = img.shape[0] / h, img.shape[1] / w
+                geo = {"x0": dx / 2 - 0.5, "dx": dx, "y0": dy / 2 - 0.5, "dy": dy, "opacity": 0.6}
+            fig.add_trace(go.Heatmap(z=m, zmin=-vmax, zmax=vmax, colorscale=DIVERGING,
+                                     showscale=(r == 1 and c == 1), colorbar={"thickness": 8, "len": 0.6},
+                                     **geo), row=r, col=c)
     fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, scaleanchor=None)
+    fig.update_yaxes(visible=False, autorange="reversed")
     fig.update_annotations(font_size=9)
     fig.update_layout(title={"text": label, "font": {"size": 13}}, height=150 + 150 * rows,
                       margin={"l": 8, "r": 8, "t": 48, "b": 8}, plot_bgcolor="white")
