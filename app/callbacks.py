@@ -13,6 +13,7 @@ from aevis_core.analysis import Analysis
 from aevis_core.datapath.extract import datapath_to_dict
 from aevis_core.pool import Pool
 from app import jobs
+from app.manager import error_outputs
 from app.resources import Resources
 from app.views import images as iv
 
@@ -64,6 +65,7 @@ def register(app: Dash, res: Resources) -> None:
         progress=[Output("pool-progress", "value"), Output("pool-progress", "max"),
                   Output("pool-status", "children")],
         running=[(Output("pool-progress-box", "style"), SHOW, HIDE)],
+        on_error=error_outputs(2, 1),
         prevent_initial_call=False,
     )
     def prepare(set_progress: Any, _path: str | None) -> tuple[Any, Any]:
@@ -81,6 +83,7 @@ def register(app: Dash, res: Resources) -> None:
                   Output("generate-status", "children")],
         running=[(Output("generate", "disabled"), True, False),
                  (Output("generate-progress-box", "style"), SHOW, HIDE)],
+        on_error=error_outputs(2, 1),
         prevent_initial_call=True,
     )
     def generate(set_progress: Any, _n: int, method: str, eps: str, steps: int, source: str) -> tuple[Any, Any]:
@@ -174,6 +177,7 @@ def register(app: Dash, res: Resources) -> None:
         running=[(Output("analyze", "disabled"), True, False), (Output("cancel-analyze", "disabled"), False, True),
                  (Output("analyze-progress-box", "style"), SHOW, HIDE)],
         cancel=[Input("cancel-analyze", "n_clicks")],
+        on_error=error_outputs(2, 1),
         prevent_initial_call=True,
     )
     def run_analyze(set_progress: Any, _n: int, groups: dict[str, list[str]], pool_key: str | None) -> tuple[Any, Any]:

@@ -22,6 +22,7 @@ from aevis_core.layout.treecut import collapse, cut_mapping, datapath_doi, expan
 from aevis_core.neuron import activation_maps, dim_unimportant, discrepancy_map, top_activating
 from app import jobs
 from app.callbacks import HIDE, SHOW, load_analysis
+from app.manager import error_outputs
 from app.resources import Resources
 from app.views import fmap as fv
 from app.views import layer as lv
@@ -172,6 +173,7 @@ def register_views(app: Dash, res: Resources) -> None:
                  (Output("cancel-discrepancy", "disabled"), False, True),
                  (Output("discrepancy-progress-box", "style"), SHOW, HIDE)],
         cancel=[Input("cancel-discrepancy", "n_clicks")],
+        on_error=error_outputs(2, 1),
         prevent_initial_call=True,
     )
     def discrepancy(set_progress: Any, _n: int, focus: dict[str, Any] | None, key: str | None,
@@ -196,6 +198,7 @@ def register_views(app: Dash, res: Resources) -> None:
                  (Output("cancel-faithfulness", "disabled"), False, True),
                  (Output("faithfulness-progress-box", "style"), SHOW, HIDE)],
         cancel=[Input("cancel-faithfulness", "n_clicks")],
+        on_error=error_outputs(3, 2),
         prevent_initial_call=True,
     )
     def faithfulness(set_progress: Any, _n: int, layer: str | None, key: str | None,

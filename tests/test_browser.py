@@ -122,3 +122,40 @@ def test_failing_job_shows_its_error(dash_duo, app):
     dash_duo.wait_for_contains_text("#model-info", "+ 40 FGSM twins", timeout=120)
     assert dash_duo.find_element("#generate-error").text == ""
     assert dash_duo.get_logs() == []
+
+
+def test_killed_job_shows_failure_and_retry_works(dash_duo, app):
+    import psutil
+
+    dash_duo.start_server(app)
+    dash_duo.wait_for_element(".thumb", timeout=120)
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    dash_duo.find_element(".generate-box summary").click()
+    dash_duo.select_dcc_dropdown("#gen-method", value="C&W-L2")
+    steps = dash_duo.find_element("#gen-steps")
+    steps.clear()
+    steps.send_keys("200")
+    dash_duo.find_element("#generate").click()
+    dash_duo.wait_for_element("#generate-progress-box[style*='flex']", timeout=30)
+    jobs = wait_js_pid(me, before)
+    for p in jobs:
+        p.kill()
+    dash_duo.wait_for_contains_text("#generate-error", "stopped unexpectedly", timeout=60)
+    assert dash_duo.find_element("#generate").is_enabled()
+    # retry (a fast attack this time) works and replaces the twins
+    dash_duo.select_dcc_dropdown("#gen-method", value="FGSM")
+    dash_duo.find_element("#generate").click()
+    dash_duo.wait_for_contains_text("#model-info", "+ 40 FGSM twins", timeout=120)
+    dash_duo.wait_for_text_to_equal("#generate-error", "", timeout=10)
+    assert dash_duo.get_logs() == []
+
+
+def wait_js_pid(me, before, timeout: float = 30):
+    end = time.time() + timeout
+    while time.time() < end:
+        new = [p for p in me.children(recursive=True) if p.pid not in before and p.status() != "zombie"]
+        if new:
+            return new
+        time.sleep(0.2)
+    raise AssertionError("no job process appeared")
