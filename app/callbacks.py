@@ -13,13 +13,11 @@ from aevis_core.analysis import Analysis
 from aevis_core.datapath.extract import datapath_to_dict
 from aevis_core.pool import Pool
 from app import jobs
-from app.manager import error_outputs
+from app.manager import job_options
 from app.resources import Resources
 from app.views import images as iv
 
 log = logging.getLogger(__name__)
-HIDE = {"display": "none"}
-SHOW = {"display": "flex"}
 MAX_GROUPS = 4
 
 
@@ -61,11 +59,7 @@ def register(app: Dash, res: Resources) -> None:
     @app.callback(
         Output("pool-key", "data"), Output("pool-error", "children"),
         Input("url", "pathname"),
-        background=True,
-        progress=[Output("pool-progress", "value"), Output("pool-progress", "max"),
-                  Output("pool-status", "children")],
-        running=[(Output("pool-progress-box", "style"), SHOW, HIDE)],
-        on_error=error_outputs(2, 1),
+        **job_options("pool", 2, 1, cancel=False, button=False),
         prevent_initial_call=False,
     )
     def prepare(set_progress: Any, _path: str | None) -> tuple[Any, Any]:
@@ -78,12 +72,7 @@ def register(app: Dash, res: Resources) -> None:
         Output("pool-key", "data", allow_duplicate=True), Output("generate-error", "children"),
         Input("generate", "n_clicks"), State("gen-method", "value"), State("gen-eps", "value"),
         State("gen-steps", "value"), State("gen-source", "value"),
-        background=True,
-        progress=[Output("generate-progress", "value"), Output("generate-progress", "max"),
-                  Output("generate-status", "children")],
-        running=[(Output("generate", "disabled"), True, False),
-                 (Output("generate-progress-box", "style"), SHOW, HIDE)],
-        on_error=error_outputs(2, 1),
+        **job_options("generate", 2, 1, cancel=False),
         prevent_initial_call=True,
     )
     def generate(set_progress: Any, _n: int, method: str, eps: str, steps: int, source: str) -> tuple[Any, Any]:
@@ -171,13 +160,7 @@ def register(app: Dash, res: Resources) -> None:
     @app.callback(
         Output("analysis-key", "data"), Output("analyze-error", "children"),
         Input("analyze", "n_clicks"), State("groups", "data"), State("pool-key", "data"),
-        background=True,
-        progress=[Output("analyze-progress", "value"), Output("analyze-progress", "max"),
-                  Output("analyze-status", "children")],
-        running=[(Output("analyze", "disabled"), True, False), (Output("cancel-analyze", "disabled"), False, True),
-                 (Output("analyze-progress-box", "style"), SHOW, HIDE)],
-        cancel=[Input("cancel-analyze", "n_clicks")],
-        on_error=error_outputs(2, 1),
+        **job_options("analyze", 2, 1),
         prevent_initial_call=True,
     )
     def run_analyze(set_progress: Any, _n: int, groups: dict[str, list[str]], pool_key: str | None) -> tuple[Any, Any]:

@@ -21,8 +21,8 @@ from aevis_core.layout.segment import calendar_layout
 from aevis_core.layout.treecut import collapse, cut_mapping, datapath_doi, expand, tree_cut
 from aevis_core.neuron import activation_maps, dim_unimportant, discrepancy_map, top_activating
 from app import jobs
-from app.callbacks import HIDE, SHOW, load_analysis
-from app.manager import error_outputs
+from app.callbacks import load_analysis
+from app.manager import job_options
 from app.resources import Resources
 from app.views import fmap as fv
 from app.views import layer as lv
@@ -166,14 +166,7 @@ def register_views(app: Dash, res: Resources) -> None:
         Output("discrepancy-maps", "figure"), Output("discrepancy-error", "children"),
         Input("discrepancy", "n_clicks"), State("focus-map", "data"), State("analysis-key", "data"),
         State("pool-key", "data"),
-        background=True,
-        progress=[Output("discrepancy-progress", "value"), Output("discrepancy-progress", "max"),
-                  Output("discrepancy-status", "children")],
-        running=[(Output("discrepancy", "disabled"), True, False),
-                 (Output("cancel-discrepancy", "disabled"), False, True),
-                 (Output("discrepancy-progress-box", "style"), SHOW, HIDE)],
-        cancel=[Input("cancel-discrepancy", "n_clicks")],
-        on_error=error_outputs(2, 1),
+        **job_options("discrepancy", 2, 1),
         prevent_initial_call=True,
     )
     def discrepancy(set_progress: Any, _n: int, focus: dict[str, Any] | None, key: str | None,
@@ -191,14 +184,7 @@ def register_views(app: Dash, res: Resources) -> None:
         Output("faithfulness-error", "children"),
         Input("faithfulness", "n_clicks"), State("focus-layer", "data"), State("analysis-key", "data"),
         State("pool-key", "data"),
-        background=True,
-        progress=[Output("faithfulness-progress", "value"), Output("faithfulness-progress", "max"),
-                  Output("faithfulness-status", "children")],
-        running=[(Output("faithfulness", "disabled"), True, False),
-                 (Output("cancel-faithfulness", "disabled"), False, True),
-                 (Output("faithfulness-progress-box", "style"), SHOW, HIDE)],
-        cancel=[Input("cancel-faithfulness", "n_clicks")],
-        on_error=error_outputs(3, 2),
+        **job_options("faithfulness", 3, 2),
         prevent_initial_call=True,
     )
     def faithfulness(set_progress: Any, _n: int, layer: str | None, key: str | None,

@@ -48,3 +48,29 @@ def error_outputs(n_outputs: int, error_index: int) -> Callable[[Exception], lis
         return out
 
     return handler
+
+
+def job_options(name: str, n_outputs: int, error_at: int, cancel: bool = True,
+                button: bool = True) -> dict[str, Any]:
+    """Keyword arguments of a background callback whose widgets follow the layout's naming.
+
+    ``{name}-progress`` / ``{name}-status`` / ``{name}-progress-box`` show progress; the button
+    ``{name}`` is disabled while running and ``cancel-{name}`` (when ``cancel``) stops the job;
+    failures (including a dead job process) land in output ``error_at``.
+    """
+    from dash import Input, Output
+
+    running: list[Any] = [(Output(f"{name}-progress-box", "style"), {"display": "flex"}, {"display": "none"})]
+    if button:
+        running.append((Output(name, "disabled"), True, False))
+    opts: dict[str, Any] = {
+        "background": True,
+        "progress": [Output(f"{name}-progress", "value"), Output(f"{name}-progress", "max"),
+                     Output(f"{name}-status", "children")],
+        "on_error": error_outputs(n_outputs, error_at),
+    }
+    if cancel:
+        running.append((Output(f"cancel-{name}", "disabled"), False, True))
+        opts["cancel"] = [Input(f"cancel-{name}", "n_clicks")]
+    opts["running"] = running
+    return opts
