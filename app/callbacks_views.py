@@ -29,6 +29,7 @@ from app.views import layer as lv
 from app.views import neuron as nv
 
 ROW_WIDTH = 1100.0
+MAX_PANELS = 4
 
 
 def hierarchy(res: Resources) -> GroupNode:
@@ -109,17 +110,29 @@ def register_views(app: Dash, res: Resources) -> None:
     def refit(_n: int, _els: Any) -> dict[str, Any]:
         return {"name": "preset", "fit": True, "padding": 12}
 
+    @app.callback(Output("pinned", "data"), Input("pin-layer", "n_clicks"), Input("unpin-layers", "n_clicks"),
+                  State("focus-layer", "data"), State("pinned", "data"), prevent_initial_call=True)
+    def pin(_pin: int, _unpin: int, layer: str | None, pinned: list[str] | None) -> list[str]:
+        if ctx.triggered_id == "unpin-layers":
+            return []
+        if not layer:
+            raise PreventUpdate
+        return [p for p in (pinned or []) if p != layer][-(MAX_PANELS - 2):] + [layer]
+
     @app.callback(Output("fmap-treemap", "figure"), Output("fmap-title", "children"),
                   Input("focus-layer", "data"), Input("fmap-k", "value"), Input("fmap-color", "value"),
-                  State("analysis-key", "data"))
-    def treemap(layer: str | None, k: int, color: str, key: str | None) -> tuple[Any, Any]:
+                  Input("pinned", "data"), State("analysis-key", "data"))
+    def treemap(layer: str | None, k: int, color: str, pinned: list[str] | None, key: str | None) -> tuple[Any, Any]:
         a = load_analysis(res, key)
         if a is None or not layer or layer not in a.stats.layers:
             return nv.empty_figure("Analyze two or more groups, then pick a layer"), "Feature-map level"
-        rects = fv.treemap_rects(a, layer, int(k or 4), color or "importance")
-        title = f"Feature-map level · {layer}"
+        layers = [p for p in (pinned or []) if p != layer and p in a.stats.layers][-(MAX_PANELS - 1):] + [layer]
+        panels = [(lay, fv.treemap_rects(a, lay, int(k or 4), color or "importance")) for lay in layers]
         names = " / ".join(a.datapaths)
-        return fv.figure(rects, color or "importance", f"{layer}: datapaths of {names}"), title
+        title = f"Feature-map level · {layer}"
+        if len(panels) == 1:
+            return fv.figure(panels[0][1], color or "importance", f"{layer}: datapaths of {names}"), title
+        return fv.panels_figure(panels, color or "importance", f"datapaths of {names}, side by side"), title
 
     @app.callback(Output("focus-map", "data"), Input("fmap-treemap", "clickData"), State("focus-layer", "data"),
                   prevent_initial_call=True)
@@ -130,7 +143,8 @@ def register_views(app: Dash, res: Resources) -> None:
         data = point.get("customdata")
         if not data:
             raise PreventUpdate
-        return {"layer": layer, "map": int(data[0]), "cluster": f"{data[2]} ({data[1]} maps)"}
+        where = data[3] if len(data) > 3 and data[3] else layer
+        return {"layer": where, "map": int(data[0]), "cluster": f"{data[2]} ({data[1]} maps)"}
 
     @app.callback(Output("neuron-heatmaps", "figure"), Output("neuron-title", "children"),
                   Input("focus-map", "data"), Input("overlay", "value"), State("analysis-key", "data"),

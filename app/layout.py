@@ -107,6 +107,8 @@ def fmap_level() -> html.Div:
                 {"label": "activation difference", "value": "difference"}]),
             html.Label("clusters k"),
             dcc.Slider(id="fmap-k", min=1, max=12, step=1, value=4),
+            html.Button("Pin this layer (compare side by side)", id="pin-layer", n_clicks=0),
+            html.Button("Unpin all", id="unpin-layers", n_clicks=0),
         ], className="controls"),
         dcc.Graph(id="fmap-treemap", config=GRAPH_CONFIG, style={"height": "420px"}),
         html.Div([
@@ -148,6 +150,7 @@ def build_layout(config: AppConfig) -> html.Div:
         dcc.Store(id="cut"),
         dcc.Store(id="focus-layer"),
         dcc.Store(id="focus-map"),
+        dcc.Store(id="pinned", data=[]),
         dcc.Download(id="download"),
         html.Header([
             html.H1("AEVis"),

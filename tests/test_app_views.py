@@ -97,6 +97,10 @@ def test_treemap_covers_every_critical_map(setup):
     fig = fv.figure(rects, "difference", "t")
     assert len(fig.layout.shapes) >= len(regions) and len(fig.data[0].x) == len(clusters)
     assert fig.data[1].marker.cmin == -fig.data[1].marker.cmax  # symmetric scale for differences
+    two = fv.panels_figure([("a", rects), ("b", rects)], "importance", "t")
+    xs = two.data[0].x
+    assert len(xs) == 2 * len(clusters) and max(xs) > 1 > min(xs)  # second panel to the right
+    assert {c[3] for c in two.data[0].customdata} == {"a", "b"}
 
 
 def test_neuron_figures():

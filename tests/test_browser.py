@@ -95,6 +95,16 @@ def test_demo_flow(dash_duo, app):
     dash_duo.driver.execute_script("document.getElementById('neuron-title').scrollIntoView()")
     shot(dash_duo, "04-neuron-level")
     assert "view=" in dash_duo.driver.current_url  # the view is in the URL
+    # pin the layer, pick another one: both treemaps side by side
+    dash_duo.find_element("#pin-layer").click()
+    other = wait_js(dash_duo, f"var l={CY}.nodes().filter(n => !n.data('is_group') && n.id() !== arguments[0]"
+                              " && n.id().includes('conv')); return l.length && l[0].id()".replace(
+                                  "arguments[0]", repr(layer)))
+    dash_duo.driver.execute_script(f"{CY}.getElementById(arguments[0]).emit('tap')", other)
+    wait_js(dash_duo, "var g=document.querySelector('#fmap-treemap .js-plotly-plot');"
+                      " return g && g.data && new Set(g.data[0].customdata.map(c => c[3])).size === 2")
+    dash_duo.driver.execute_script("document.getElementById('fmap-title').scrollIntoView()")
+    shot(dash_duo, "06-side-by-side")
     assert dash_duo.get_logs() == []
 
 

@@ -49,8 +49,17 @@ def _color(v: float, lo: float, hi: float, scale: str) -> str:
 
 
 def figure(rects: Sequence[Rect], color: str, title: str) -> go.Figure:
-    """Plotly figure: rectangles as shapes, one invisible marker per cluster for hover and click."""
-    vals = [r.value for r in rects if r.kind == "cluster" and math.isfinite(r.value)]
+    """One layer's treemap (see :func:`panels_figure`)."""
+    return panels_figure([("", list(rects))], color, title)
+
+
+def panels_figure(panels: Sequence[tuple[str, Sequence[Rect]]], color: str, title: str) -> go.Figure:
+    """Treemaps of several layers side by side (panel i spans x in [i, i+1]), one shared colour scale.
+
+    Rectangles are shapes; one invisible marker per cluster carries hover text and the click
+    payload ``[first map, size, region, layer]``.
+    """
+    vals = [r.value for _, rects in panels for r in rects if r.kind == "cluster" and math.isfinite(r.value)]
     lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
     if color == "difference":
         m = max(abs(lo), abs(hi), 1e-12)
@@ -58,34 +67,40 @@ def figure(rects: Sequence[Rect], color: str, title: str) -> go.Figure:
     scale = SCALES.get(color, "Blues")
     fig = go.Figure()
     xs, ys, text, custom = [], [], [], []
-    for r in rects:
-        if r.kind == "region":
-            fig.add_shape(type="rect", x0=r.x0, y0=r.y0, x1=r.x1, y1=r.y1, line={"color": "#52606d", "width": 2},
-                          fillcolor="rgba(0,0,0,0)")
-            fig.add_annotation(x=r.x0 + 0.005, y=r.y1 - 0.005, text=f"<b>{r.region_label}</b> ({len(r.maps)})",
-                               showarrow=False, xanchor="left", yanchor="top", font={"size": 11},
-                               bgcolor="rgba(255,255,255,0.8)")
-        elif r.kind == "stack":
-            fig.add_shape(type="rect", x0=r.x0, y0=r.y0, x1=r.x1, y1=r.y1, line={"color": "#ffffff", "width": 1},
-                          fillcolor=_color(r.value, lo, hi, scale))
-        elif r.kind == "cluster":
-            xs.append((r.x0 + r.x1) / 2)
-            ys.append((r.y0 + r.y1) / 2)
-            maps = ", ".join(f"#{m}" for m in r.maps[:24]) + (" …" if len(r.maps) > 24 else "")
-            text.append(f"{r.region_label}, cluster {r.cluster_index}<br>{len(r.maps)} maps: {maps}"
-                        f"<br>{color}: {r.value:.4g}")
-            custom.append([r.maps[0], len(r.maps), r.region_label])
+    for i, (layer, rects) in enumerate(panels):
+        if layer:
+            fig.add_annotation(x=i + 0.5, y=1.0, text=f"<b>{layer}</b>", showarrow=False, yanchor="bottom",
+                               font={"size": 12})
+        for r in rects:
+            x0, x1 = i + r.x0 * 0.97, i + r.x1 * 0.97
+            if r.kind == "region":
+                fig.add_shape(type="rect", x0=x0, y0=r.y0, x1=x1, y1=r.y1, line={"color": "#52606d", "width": 2},
+                              fillcolor="rgba(0,0,0,0)")
+                fig.add_annotation(x=x0 + 0.005, y=r.y1 - 0.005, text=f"<b>{r.region_label}</b> ({len(r.maps)})",
+                                   showarrow=False, xanchor="left", yanchor="top", font={"size": 11},
+                                   bgcolor="rgba(255,255,255,0.8)")
+            elif r.kind == "stack":
+                fig.add_shape(type="rect", x0=x0, y0=r.y0, x1=x1, y1=r.y1, line={"color": "#ffffff", "width": 1},
+                              fillcolor=_color(r.value, lo, hi, scale))
+            elif r.kind == "cluster":
+                xs.append((x0 + x1) / 2)
+                ys.append((r.y0 + r.y1) / 2)
+                maps = ", ".join(f"#{m}" for m in r.maps[:24]) + (" …" if len(r.maps) > 24 else "")
+                where = f"{layer}: " if layer else ""
+                text.append(f"{where}{r.region_label}, cluster {r.cluster_index}<br>{len(r.maps)} maps: {maps}"
+                            f"<br>{color}: {r.value:.4g}")
+                custom.append([r.maps[0], len(r.maps), r.region_label, layer])
     fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", marker={
         "size": 14, "opacity": 0.01, "color": [0] * len(xs)}, hovertext=text, hoverinfo="text", customdata=custom,
         showlegend=False))
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, marker={
         "colorscale": scale, "cmin": lo, "cmax": hi, "color": [lo], "showscale": True,
         "colorbar": {"title": {"text": color}, "thickness": 10}}))
-    fig.update_layout(title={"text": title, "font": {"size": 13}}, margin={"l": 8, "r": 8, "t": 36, "b": 8},
-                      xaxis={"visible": False, "range": [0, 1]}, yaxis={"visible": False, "range": [0, 1]},
+    n = max(1, len(panels))
+    fig.update_layout(title={"text": title, "font": {"size": 13}}, margin={"l": 8, "r": 8, "t": 48, "b": 8},
+                      xaxis={"visible": False, "range": [0, n]}, yaxis={"visible": False, "range": [0, 1.06]},
                       plot_bgcolor="white", paper_bgcolor="white", clickmode="event")
     return fig
-
 
 METHOD_LABELS = {"qp": "datapath (QP)", "gradxact_topk": "grad × act top-k", "act_topk": "activation top-k",
                  "random": "random"}
