@@ -106,6 +106,18 @@ def register_views(app: Dash, res: Resources) -> None:
                               node_w=lv.NODE_W, node_h=lv.NODE_H, h_gap=26, v_gap=16, row_gap=44)
         return lv.elements(res.graph, root, a, lay, mapping, stat or "similarity", focus), lv.STYLESHEET
 
+    @app.callback(Output("layer-overview", "elements"), Output("layer-overview", "stylesheet"),
+                  Input("layer-graph", "elements"))
+    def overview(els: list[dict[str, Any]] | None) -> tuple[Any, Any]:
+        return lv.overview_elements(els or []), lv.OVERVIEW_STYLE
+
+    @app.callback(Output("layer-graph", "zoom"), Output("layer-graph", "pan"),
+                  Input("layer-overview", "tapNode"), prevent_initial_call=True)
+    def jump(node: dict[str, Any] | None) -> tuple[Any, Any]:
+        if not node or "position" not in node:
+            raise PreventUpdate
+        return lv.zoom_to(node["position"])
+
     @app.callback(Output("layer-graph", "layout"), Input("fit-graph", "n_clicks"), Input("layer-graph", "elements"))
     def refit(_n: int, _els: Any) -> dict[str, Any]:
         return {"name": "preset", "fit": True, "padding": 12}

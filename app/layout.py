@@ -88,9 +88,18 @@ def layer_level() -> html.Div:
         ], className="controls"),
         html.Div("Click a group (double border) to expand it; click a layer to open its feature maps. "
                  "Orange border: diverging point; grey band: noise control (5–95 %).", className="legend"),
-        cyto.Cytoscape(id="layer-graph", elements=[], layout={"name": "preset", "fit": True},
-                       style={"width": "100%", "height": "520px"}, minZoom=0.2, maxZoom=3,
-                       stylesheet=[], boxSelectionEnabled=False),
+        html.Div([
+            cyto.Cytoscape(id="layer-graph", elements=[], layout={"name": "preset", "fit": True},
+                           style={"width": "100%", "height": "520px"}, minZoom=0.2, maxZoom=3,
+                           stylesheet=[], boxSelectionEnabled=False),
+            html.Div([
+                html.Div("overview — click to zoom there", className="overview-title"),
+                cyto.Cytoscape(id="layer-overview", elements=[], layout={"name": "preset", "fit": True},
+                               style={"width": "220px", "height": "140px"}, userZoomingEnabled=False,
+                               userPanningEnabled=False, autoungrabify=True, boxSelectionEnabled=False,
+                               stylesheet=[]),
+            ], className="overview"),
+        ], className="graph-wrap"),
         html.Div(id="layer-legend", className="legend"),
     ], className="panel")
 

@@ -81,6 +81,10 @@ def test_layer_view_elements_and_dot_plots(setup):
     assert all(e["data"]["svg"].startswith("data:image/svg+xml") for e in nodes)
     assert sum(e["data"]["members"] for e in nodes) == len(g.nodes)
     assert any("diverging" in e["classes"] for e in nodes)  # the diverging layer is highlighted
+    over = lv.overview_elements(els)
+    assert len(over) == len(els) and all("svg" not in e["data"] for e in over)
+    zoom, pan = lv.zoom_to({"x": 100.0, "y": 50.0}, zoom=2.0, width=400, height=200)
+    assert zoom == 2.0 and pan == {"x": 0.0, "y": 0.0}
     svg = urllib.parse.unquote(lv.dot_plot_svg([[(0.5, "#f00", (0.2, 0.8))], [(1.0, "#f00", None)]], "similarity"))
     assert svg.count("<circle") == 2 and svg.count("<rect") == 2
 

@@ -63,6 +63,12 @@ def test_demo_flow(dash_duo, app):
     n_nodes = wait_js(dash_duo, f"return {CY} && {CY}.nodes().length", timeout=30)
     assert 10 <= n_nodes <= 60
     shot(dash_duo, "02-layer-level")
+    # the overview mirrors the graph; a click there zooms the main view to that node
+    ov = "document.getElementById('layer-overview')._cyreg.cy"
+    assert wait_js(dash_duo, f"return {ov} && {ov}.nodes().length") == n_nodes
+    zoom0 = dash_duo.driver.execute_script(f"return {CY}.zoom()")
+    dash_duo.driver.execute_script(f"{ov}.nodes()[3].emit('tap')")
+    wait_js(dash_duo, f"return Math.abs({CY}.zoom() - 1.2) < 1e-6 && Math.abs({CY}.zoom() - {zoom0}) > 1e-6")
     # expand a group node
     group = wait_js(dash_duo, f"var g={CY}.nodes().filter(n => n.data('is_group')); return g.length && g[0].id()")
     dash_duo.driver.execute_script(f"{CY}.getElementById(arguments[0]).emit('tap')", group)

@@ -125,3 +125,27 @@ STYLESHEET: list[dict[str, Any]] = [
                                    "arrow-scale": 0.6}},
     {"selector": "edge.cross", "style": {"line-style": "dashed", "curve-style": "taxi", "taxi-direction": "vertical"}},
 ]
+
+
+OVERVIEW_STYLE: list[dict[str, Any]] = [
+    {"selector": "node", "style": {"width": NODE_W, "height": NODE_H, "background-color": "#cbd2d9",
+                                   "shape": "round-rectangle"}},
+    {"selector": "node.diverging", "style": {"background-color": "#e67e22"}},
+    {"selector": "node.focus", "style": {"background-color": "#f1c40f"}},
+    {"selector": "edge", "style": {"width": 2, "line-color": "#e4e7eb"}},
+]
+
+
+def overview_elements(els: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The main graph's elements without dot plots or labels, for the overview."""
+    out = []
+    for e in els:
+        d = {k: v for k, v in e["data"].items() if k in ("id", "source", "target")}
+        out.append({**{k: v for k, v in e.items() if k != "data"}, "data": d})
+    return out
+
+
+def zoom_to(position: dict[str, float], zoom: float = 1.2, width: float = 900.0,
+            height: float = 520.0) -> tuple[float, dict[str, float]]:
+    """(zoom, pan) that centre the main graph's viewport on a model position."""
+    return zoom, {"x": width / 2 - position["x"] * zoom, "y": height / 2 - position["y"] * zoom}
