@@ -71,9 +71,10 @@ def register_views(app: Dash, res: Resources) -> None:
     @app.callback(Output("cut", "data"), Output("focus-layer", "data"),
                   Input("analysis-key", "data"), Input("layer-graph", "tapNodeData"),
                   Input("collapse-group", "n_clicks"),
-                  State("cut", "data"), State("focus-layer", "data"), prevent_initial_call=True)
+                  State("cut", "data"), State("focus-layer", "data"), State("url-focus", "data"),
+                  prevent_initial_call=True)
     def cut_and_focus(key: str | None, tapped: dict[str, Any] | None, _collapse: int, cut: list[str] | None,
-                      focus: str | None) -> tuple[Any, Any]:
+                      focus: str | None, url_focus: dict[str, Any] | None) -> tuple[Any, Any]:
         a = load_analysis(res, key)
         if a is None:
             raise PreventUpdate
@@ -81,7 +82,9 @@ def register_views(app: Dash, res: Resources) -> None:
         trig = ctx.triggered_id
         if trig == "analysis-key" or not cut:
             doi = doi_of(a)
-            return tree_cut(root, doi, budget=50), initial_focus(a, doi)
+            wanted = (url_focus or {}).get("layer")
+            layer = wanted if wanted in a.stats.layers else initial_focus(a, doi)
+            return tree_cut(root, doi, budget=50), layer
         if trig == "layer-graph" and tapped:
             if tapped.get("is_group"):
                 return expand(cut, tapped["id"], root), no_update
@@ -234,16 +237,28 @@ def register_views(app: Dash, res: Resources) -> None:
         return "?view=" + urllib.parse.quote(json.dumps(state, separators=(",", ":")))
 
     @app.callback(Output("groups", "data", allow_duplicate=True), Output("stat", "value"),
-                  Input("url", "href"), State("groups", "data"), prevent_initial_call="initial_duplicate")
-    def read_url(href: str | None, groups: Any) -> tuple[Any, Any]:
-        if groups or not href or "view=" not in href:
+                  Output("url-focus", "data"), Output("analyze", "n_clicks", allow_duplicate=True),
+                  Input("pool-key", "data"), State("url", "href"), State("groups", "data"),
+                  State("analyze", "n_clicks"), prevent_initial_call=True)
+    def read_url(pool_key: str | None, href: str | None, groups: Any, n: int | None) -> tuple[Any, Any, Any, Any]:
+        """Once the images are ready, restore a shared view: groups, statistic, layer, map; re-Analyze."""
+        state = parse_view(href)
+        if not pool_key or groups or not state or not state.get("groups"):
             raise PreventUpdate
-        query = urllib.parse.parse_qs(urllib.parse.urlparse(href).query)
-        try:
-            state = json.loads(query["view"][0])
-        except (KeyError, ValueError):
-            raise PreventUpdate from None
-        return state.get("groups") or no_update, state.get("stat") or no_update
+        focus = {"layer": state.get("layer"), "map": state.get("map")}
+        return state["groups"], state.get("stat") or no_update, focus, (n or 0) + 1
+
+
+def parse_view(href: str | None) -> dict[str, Any] | None:
+    """The ``view`` JSON of a dashboard URL (None when absent or malformed)."""
+    if not href or "view=" not in href:
+        return None
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(href).query)
+    try:
+        state = json.loads(query["view"][0])
+    except (KeyError, ValueError, IndexError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def top_patch_crops(res: Resources, a: Analysis, layer: str, channel: int, pool_key: str | None,

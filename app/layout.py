@@ -160,6 +160,7 @@ def build_layout(config: AppConfig) -> html.Div:
         dcc.Store(id="focus-layer"),
         dcc.Store(id="focus-map"),
         dcc.Store(id="pinned", data=[]),
+        dcc.Store(id="url-focus"),
         dcc.Download(id="download"),
         html.Header([
             html.H1("AEVis"),

@@ -100,7 +100,8 @@ def test_demo_flow(dash_duo, app):
                       " return g && g.data && g.data.filter(t => t.type === 'image').length >= 1", timeout=120)
     dash_duo.driver.execute_script("document.getElementById('neuron-title').scrollIntoView()")
     shot(dash_duo, "04-neuron-level")
-    assert "view=" in dash_duo.driver.current_url  # the view is in the URL
+    url = dash_duo.driver.current_url
+    assert "view=" in url  # the view is in the URL
     # pin the layer, pick another one: both treemaps side by side
     dash_duo.find_element("#pin-layer").click()
     other = wait_js(dash_duo, f"var l={CY}.nodes().filter(n => !n.data('is_group') && n.id() !== arguments[0]"
@@ -111,6 +112,10 @@ def test_demo_flow(dash_duo, app):
                       " return g && g.data && new Set(g.data[0].customdata.map(c => c[3])).size === 2")
     dash_duo.driver.execute_script("document.getElementById('fmap-title').scrollIntoView()")
     shot(dash_duo, "06-side-by-side")
+    # a colleague opening the URL gets the same groups, analysis and layer
+    dash_duo.driver.get(url)
+    dash_duo.wait_for_contains_text("#analysis-summary", "diverging point", timeout=120)
+    dash_duo.wait_for_contains_text("#fmap-title", layer.upper(), timeout=30)
     assert dash_duo.get_logs() == []
 
 
