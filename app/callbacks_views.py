@@ -194,17 +194,18 @@ def register_views(app: Dash, res: Resources) -> None:
     @app.callback(
         Output("discrepancy-maps", "figure"), Output("discrepancy-error", "children"),
         Input("discrepancy", "n_clicks"), State("focus-map", "data"), State("analysis-key", "data"),
-        State("pool-key", "data"),
+        State("pool-key", "data"), State("disc-stride", "value"),
         **job_options("discrepancy", 2, 1),
         prevent_initial_call=True,
     )
     def discrepancy(set_progress: Any, _n: int, focus: dict[str, Any] | None, key: str | None,
-                    pool_key: str | None) -> tuple[Any, Any]:
+                    pool_key: str | None, stride: int | None) -> tuple[Any, Any]:
         a = load_analysis(res, key)
         if a is None or not focus:
             return no_update, "Pick a feature map first (click a cluster in the treemap)."
         try:
-            return discrepancy_figure(res, a, focus["layer"], int(focus["map"]), pool_key, set_progress), ""
+            step = int(stride) if stride and 1 <= int(stride) <= 16 else 4
+            return discrepancy_figure(res, a, focus["layer"], int(focus["map"]), pool_key, set_progress, step), ""
         except Exception as exc:  # noqa: BLE001 - one line in the UI
             return no_update, jobs.user_message(exc)
 
@@ -315,7 +316,7 @@ def _parent_group(root: GroupNode, layer: str, cut: list[str]) -> str | None:
 
 
 def discrepancy_figure(res: Resources, a: Analysis, layer: str, channel: int, pool_key: str | None,
-                       set_progress: Any) -> Any:
+                       set_progress: Any, stride: int = 4) -> Any:
     """Discrepancy maps (occlusion, 8x8 patches) of the 3 most activating images of the groups."""
     pool = res.pool(pool_key)
     if pool is None:
@@ -328,7 +329,8 @@ def discrepancy_figure(res: Resources, a: Analysis, layer: str, channel: int, po
         def prog(done: int, total: int, _j: int = j) -> None:
             set_progress((str(_j * total + done), str(3 * total), f"image {_j + 1}/3: {done}/{total} occlusions"))
 
-        dmap = discrepancy_map(res.entry, res.graph, layer, channel, x[idx], patch=8, stride=4, progress=prog)
+        dmap = discrepancy_map(res.entry, res.graph, layer, channel, x[idx], patch=8, stride=stride, progress=prog)
         images.append(dim_unimportant(x[idx], dmap, keep_fraction=0.25))
         titles.append(ids[idx].replace("~adv", " (adv)"))
-    return nv.image_figure(images, titles, f"{layer} #{channel}: learned feature (pixels that support it)")
+    label = f"{layer} #{channel}: learned feature (pixels that support it; 8×8 occluder, stride {stride})"
+    return nv.image_figure(images, titles, label)

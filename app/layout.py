@@ -140,6 +140,8 @@ def neuron_level() -> html.Div:
         dcc.Graph(id="top-patches", config=GRAPH_CONFIG, style={"display": "none"}),
         html.Div([
             html.Button("Compute learned feature (discrepancy maps)", id="discrepancy", n_clicks=0),
+            html.Label(" occluder 8×8, stride "),
+            dcc.Input(id="disc-stride", type="number", value=4, min=1, max=16, step=1, className="tiny-input"),
             html.Button("Cancel", id="cancel-discrepancy", n_clicks=0, disabled=True),
         ]),
         _progress("discrepancy"),
