@@ -20,6 +20,7 @@ from aevis_core.graph.hierarchy import GroupNode, build_hierarchy
 from aevis_core.layout.segment import calendar_layout
 from aevis_core.layout.treecut import collapse, cut_mapping, datapath_doi, expand, tree_cut
 from aevis_core.neuron import activation_maps, dim_unimportant, discrepancy_map, top_activating
+from aevis_core.pool import Pool
 from app import jobs
 from app.callbacks import load_analysis
 from app.manager import job_options
@@ -52,17 +53,20 @@ def initial_focus(a: Analysis, doi: dict[str, float]) -> str:
 def heat_maps(res: Resources, a: Analysis, layer: str, channel: int, pool_key: str | None,
               per_group: int = 6) -> dict[str, np.ndarray]:
     """Activation maps (N, h, w) per group for the first ``per_group`` images; cached."""
-    key = content_key("heat/v1", a.key, layer, channel, per_group)
-    cached = res.cache.get(key)
-    if cached is not None:
-        return cached
+    def compute() -> dict[str, np.ndarray]:
+        pool = pool_or_stop(res, pool_key)
+        return {g: activation_maps(res.entry, res.graph, layer, channel, pool.tensor(ids[:per_group]))
+                for g, ids in a.groups.items()}
+
+    return res.cache.get_or_compute(content_key("heat/v1", a.key, layer, channel, per_group), compute)[0]
+
+
+def pool_or_stop(res: Resources, pool_key: str | None) -> Pool:
+    """The page's pool, or stop the callback quietly (nothing to show yet)."""
     pool = res.pool(pool_key)
     if pool is None:
         raise PreventUpdate
-    out = {g: activation_maps(res.entry, res.graph, layer, channel, pool.tensor(ids[:per_group]))
-           for g, ids in a.groups.items()}
-    res.cache.cache.set(key, out)
-    return out
+    return pool
 
 
 def register_views(app: Dash, res: Resources) -> None:
@@ -267,35 +271,24 @@ def top_patch_crops(res: Resources, a: Analysis, layer: str, channel: int, pool_
     """Crops around the strongest activations of the map over all analysed images (cached)."""
     from aevis_core.neuron import top_patches
 
-    key = content_key("patches/v1", a.key, layer, channel, k)
-    cached = res.cache.get(key)
-    if cached is not None:
-        return cached
-    pool = res.pool(pool_key)
-    if pool is None:
-        raise PreventUpdate
-    ids = [i for g in a.groups.values() for i in g]
-    tops = top_patches(res.entry, res.graph, layer, channel, pool.tensor(ids), k=min(k, len(ids)))
-    out = ([t.crop for t in tops], [ids[t.image_index].replace("~adv", " (adv)") for t in tops])
-    res.cache.cache.set(key, out)
-    return out
+    def compute() -> tuple[list[np.ndarray], list[str]]:
+        ids = [i for g in a.groups.values() for i in g]
+        x = pool_or_stop(res, pool_key).tensor(ids)
+        tops = top_patches(res.entry, res.graph, layer, channel, x, k=min(k, len(ids)))
+        return [t.crop for t in tops], [ids[t.image_index].replace("~adv", " (adv)") for t in tops]
+
+    return res.cache.get_or_compute(content_key("patches/v1", a.key, layer, channel, k), compute)[0]
 
 
 def faithfulness_table(res: Resources, a: Analysis, layer: str, pool_key: str | None) -> dict[str, Any]:
     """Equal-k faithfulness of the methods at ``layer`` on the first group's images (cached)."""
     from aevis_core.evaluate import faithfulness_curve
 
-    key = content_key("faith/v1", a.key, layer)
-    cached = res.cache.get(key)
-    if cached is not None:
-        return cached
-    pool = res.pool(pool_key)
-    if pool is None:
-        raise PreventUpdate
-    x = pool.tensor(next(iter(a.groups.values())))
-    table = faithfulness_curve(res.entry, res.graph, x, layer, score="prob", normalize="l1")
-    res.cache.cache.set(key, table)
-    return table
+    def compute() -> dict[str, Any]:
+        x = pool_or_stop(res, pool_key).tensor(next(iter(a.groups.values())))
+        return faithfulness_curve(res.entry, res.graph, x, layer, score="prob", normalize="l1")
+
+    return res.cache.get_or_compute(content_key("faith/v1", a.key, layer), compute)[0]
 
 
 def _parent_group(root: GroupNode, layer: str, cut: list[str]) -> str | None:
