@@ -28,9 +28,7 @@ def load_pool(res: Resources, key: str | None) -> Pool | None:
 
 def load_analysis(res: Resources, key: str | None) -> Analysis | None:
     """A finished analysis from the cache."""
-    if not key:
-        return None
-    value = res.cache.get(key)
+    value = res.cached(key)
     return value if isinstance(value, Analysis) else None
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from aevis_core.attacks import AttackConfig, parse_eps
 from aevis_core.cache import ResultCache, content_key
@@ -29,6 +31,23 @@ class Resources:
         self.config = config
         self._device = device
         self._lock = threading.RLock()
+        self._recent: OrderedDict[str, Any] = OrderedDict()  # content-addressed, so never stale
+
+    def cached(self, key: str | None, max_items: int = 6) -> Any:
+        """A result-cache value, memoised in this process (keys are content hashes: immutable)."""
+        if not key:
+            return None
+        with self._lock:
+            if key in self._recent:
+                self._recent.move_to_end(key)
+                return self._recent[key]
+        value = self.cache.get(key)
+        if value is not None:
+            with self._lock:
+                self._recent[key] = value
+                while len(self._recent) > max_items:
+                    self._recent.popitem(last=False)
+        return value
 
     @cached_property
     def entry(self) -> ModelEntry:
@@ -74,7 +93,7 @@ class Resources:
 
     def pool(self, key: str | None = None) -> Pool | None:
         """A prepared pool from the cache (the default one when ``key`` is None), else None."""
-        value = self.cache.get(key or self._pool_key_cached)
+        value = self.cached(key or self._pool_key_cached)
         return value if isinstance(value, Pool) else None
 
     @cached_property

@@ -91,16 +91,17 @@ def main() -> None:
              ("lam", "value", 1), ("focus-layer", "data", layer)], [("analysis-key", "data", key)], "stat.value"),
         "treemap (k slider)": lambda i: post(
             client, [("fmap-treemap", "figure"), ("fmap-title", "children")],
-            [("focus-layer", "data", layer), ("fmap-k", "value", 1 + i % 8), ("fmap-color", "value", "importance")],
+            [("focus-layer", "data", layer), ("fmap-k", "value", 1 + i % 8), ("fmap-color", "value", "importance"),
+             ("pinned", "data", [])],
             [("analysis-key", "data", key)], "fmap-k.value"),
         "treemap (colour)": lambda i: post(
             client, [("fmap-treemap", "figure"), ("fmap-title", "children")],
             [("focus-layer", "data", layer), ("fmap-k", "value", 4),
-             ("fmap-color", "value", ["importance", "activation", "difference"][i % 3])],
+             ("fmap-color", "value", ["importance", "activation", "difference"][i % 3]), ("pinned", "data", [])],
             [("analysis-key", "data", key)], "fmap-color.value"),
         "neuron heat maps (cluster click)": lambda i: post(
             client, [("neuron-heatmaps", "figure"), ("neuron-title", "children")],
-            [("focus-map", "data", {"layer": layer, "map": first_map, "cluster": "c"})],
+            [("focus-map", "data", {"layer": layer, "map": first_map, "cluster": "c"}), ("overlay", "value", [])],
             [("analysis-key", "data", key), ("pool-key", "data", pool_key)], "focus-map.data"),
     }
     print(f"{args.model}: warm cache, {args.calls} calls per view change (server time, Flask test client)")
