@@ -17,6 +17,7 @@ from dash.exceptions import PreventUpdate
 from aevis_core.analysis import Analysis
 from aevis_core.cache import content_key
 from aevis_core.graph.hierarchy import GroupNode, build_hierarchy
+from aevis_core.graph.trace import FX_LOCK
 from aevis_core.layout.segment import calendar_layout
 from aevis_core.layout.treecut import collapse, cut_mapping, datapath_doi, expand, tree_cut
 from aevis_core.neuron import activation_maps, dim_unimportant, discrepancy_map, top_activating
@@ -55,8 +56,9 @@ def heat_maps(res: Resources, a: Analysis, layer: str, channel: int, pool_key: s
     """Activation maps (N, h, w) per group for the first ``per_group`` images; cached."""
     def compute() -> dict[str, np.ndarray]:
         pool = pool_or_stop(res, pool_key)
-        return {g: activation_maps(res.entry, res.graph, layer, channel, pool.tensor(ids[:per_group]))
-                for g, ids in a.groups.items()}
+        with FX_LOCK:  # callbacks run in threads: no forward while another thread traces
+            return {g: activation_maps(res.entry, res.graph, layer, channel, pool.tensor(ids[:per_group]))
+                    for g, ids in a.groups.items()}
 
     return res.cache.get_or_compute(content_key("heat/v1", a.key, layer, channel, per_group), compute)[0]
 
@@ -274,7 +276,8 @@ def top_patch_crops(res: Resources, a: Analysis, layer: str, channel: int, pool_
     def compute() -> tuple[list[np.ndarray], list[str]]:
         ids = [i for g in a.groups.values() for i in g]
         x = pool_or_stop(res, pool_key).tensor(ids)
-        tops = top_patches(res.entry, res.graph, layer, channel, x, k=min(k, len(ids)))
+        with FX_LOCK:
+            tops = top_patches(res.entry, res.graph, layer, channel, x, k=min(k, len(ids)))
         return [t.crop for t in tops], [ids[t.image_index].replace("~adv", " (adv)") for t in tops]
 
     return res.cache.get_or_compute(content_key("patches/v1", a.key, layer, channel, k), compute)[0]
@@ -286,7 +289,8 @@ def faithfulness_table(res: Resources, a: Analysis, layer: str, pool_key: str | 
 
     def compute() -> dict[str, Any]:
         x = pool_or_stop(res, pool_key).tensor(next(iter(a.groups.values())))
-        return faithfulness_curve(res.entry, res.graph, x, layer, score="prob", normalize="l1")
+        with FX_LOCK:
+            return faithfulness_curve(res.entry, res.graph, x, layer, score="prob", normalize="l1")
 
     return res.cache.get_or_compute(content_key("faith/v1", a.key, layer), compute)[0]
 

@@ -17,6 +17,7 @@ from aevis_core.attacks import AttackConfig, parse_eps
 from aevis_core.cache import ResultCache, content_key
 from aevis_core.data import ImageSet, demo_path, load_image_set
 from aevis_core.graph import LayerGraph, build_graph
+from aevis_core.graph.trace import FX_LOCK
 from aevis_core.models import ModelEntry, default_device, load_model
 from aevis_core.pool import Pool
 from app.config import AppConfig
@@ -58,7 +59,7 @@ class Resources:
     @cached_property
     def graph(self) -> LayerGraph:
         """Layer DAG of the model."""
-        with self._lock:
+        with self._lock, FX_LOCK:
             e = self.entry
             return build_graph(e.model, (3, *e.input_size), e.name)
 

@@ -73,23 +73,32 @@ def test_demo_flow(dash_duo, app):
     group = wait_js(dash_duo, f"var g={CY}.nodes().filter(n => n.data('is_group')); return g.length && g[0].id()")
     dash_duo.driver.execute_script(f"{CY}.getElementById(arguments[0]).emit('tap')", group)
     wait_js(dash_duo, f"return {CY}.nodes().length > {n_nodes}")
-    # select a layer: the treemap of its feature maps appears
-    layer = wait_js(dash_duo, f"var l={CY}.nodes().filter(n => !n.data('is_group') && n.id().includes('relu'));"
-                              " return l.length && l[l.length-1].id()")
-    dash_duo.driver.execute_script(f"{CY}.getElementById(arguments[0]).emit('tap')", layer)
-    dash_duo.wait_for_contains_text("#fmap-title", layer.upper(), timeout=30)  # h3 is upper-cased by CSS
-    wait_js(dash_duo, "var g=document.querySelector('#fmap-treemap .js-plotly-plot');"
-                      " return g && g.layout && g.layout.shapes && g.layout.shapes.length > 0")
+    # select a layer: the treemap of its feature maps appears (take the last ReLU layer whose
+    # datapaths are not empty: a layer may have no critical map at all)
+    candidates = dash_duo.driver.execute_script(
+        f"return {CY}.nodes().filter(n => !n.data('is_group') && n.id().includes('relu')).map(n => n.id())")
+    layer = None
+    for cand in reversed(candidates):
+        dash_duo.driver.execute_script(f"{CY}.getElementById(arguments[0]).emit('tap')", cand)
+        dash_duo.wait_for_contains_text("#fmap-title", cand.upper(), timeout=30)  # h3 is upper-cased by CSS
+        if wait_js(dash_duo, "var g=document.querySelector('#fmap-treemap .js-plotly-plot');"
+                             " return g && g.data && g.data[0] && g.data[0].x ? g.data[0].x.length + 1 : 0") > 1:
+            layer = cand
+            break
+    assert layer is not None, "no ReLU layer with a non-empty datapath"
     dash_duo.find_element("#faithfulness").click()
     wait_js(dash_duo, "var g=document.querySelector('#faithfulness-curves .js-plotly-plot');"
                       " return g && g.data && g.data.length >= 3", timeout=120)
     shot(dash_duo, "03-feature-map-level")
     # click a cluster: heat maps of that feature map
-    dash_duo.driver.execute_script(
-        "var g=document.querySelector('#fmap-treemap .js-plotly-plot');"
-        "var t=g.data[0]; g.emit('plotly_click', {points: [{curveNumber: 0, pointNumber: 0, pointIndex: 0,"
-        " x: t.x[0], y: t.y[0], customdata: t.customdata[0]}]});")
-    dash_duo.wait_for_contains_text("#neuron-title", "#", timeout=30)
+    click = ("var g=document.querySelector('#fmap-treemap .js-plotly-plot');"
+             "var t=g.data[0]; g.emit('plotly_click', {points: [{curveNumber: 0, pointNumber: 0, pointIndex: 0,"
+             " x: t.x[0], y: t.y[0], customdata: t.customdata[0]}]});")
+    end = time.time() + 60  # re-emit until the graph's handlers have picked it up (re-renders race)
+    while "#" not in dash_duo.find_element("#neuron-title").text and time.time() < end:
+        dash_duo.driver.execute_script(click)
+        time.sleep(1.5)
+    dash_duo.wait_for_contains_text("#neuron-title", "#", timeout=5)
     wait_js(dash_duo, "var g=document.querySelector('#neuron-heatmaps .js-plotly-plot');"
                       " return g && g.data && g.data.filter(t => t.type === 'heatmap').length >= 2")
     wait_js(dash_duo, "var g=document.querySelector('#top-patches .js-plotly-plot');"

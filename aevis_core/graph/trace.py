@@ -10,6 +10,7 @@ calls recorded with forward hooks (:mod:`aevis_core.graph.fallback`) and says wh
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 
 import torch
@@ -39,11 +40,18 @@ class LeafTracer(fx.Tracer):
         return isinstance(m, LEAF_TYPES) or super().is_leaf_module(m, module_qualified_name)
 
 
+#: torch.fx patches ``nn.Module.__call__`` process-wide while it traces, so two threads tracing at
+#: once — or one tracing while another runs an eager forward — corrupt each other. Tracing holds
+#: this re-entrant lock; threaded callers (dashboard callbacks) hold it around model work too.
+FX_LOCK = threading.RLock()
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``model`` (eval mode) with :class:`LeafTracer`."""
-    tracer = LeafTracer()
-    graph = tracer.trace(model)
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    """Symbolically trace ``model`` (eval mode) with :class:`LeafTracer` (thread-safe)."""
+    with FX_LOCK:
+        tracer = LeafTracer()
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
 def _strip(path: str) -> str:
