@@ -11,7 +11,6 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aevis_core.errors import AEVisError
@@ -41,12 +40,10 @@ def progress_bar(desc: str, total: int) -> tuple[Callable[[int, int], None], Cal
 
 
 def load_images(spec: str, dataset: str | None = None) -> ImageSet:
-    """``demo:cifar10`` / ``demo:nips2017`` or a folder path -> ImageSet."""
-    from aevis_core.data import demo_path, load_image_set
+    """``demo:cifar10`` / ``demo:nips2017[:class]``, a folder, or a glob of files -> ImageSet."""
+    from aevis_core.cli_extract import load_set
 
-    if spec.startswith("demo:"):
-        return load_image_set(demo_path(spec[5:]), name=spec)
-    return load_image_set(Path(spec), dataset=dataset)
+    return load_set(spec, spec, dataset)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ def load_set(name: str, pattern: str, dataset: str | None) -> Any:
                 raise AEVisError(f"set {name}: no demo image of class {cls!r}")
             s = s.subset(idx, name=name)
         return s
-    if Path(pattern).is_dir():
+    if Path(pattern).is_dir() or not (glob.has_magic(pattern) or Path(pattern).is_file()):  # else: folder error
         return load_image_set(Path(pattern), name=name, dataset=dataset)
     files = sorted(glob.glob(pattern))
     if not files:

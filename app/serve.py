@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from app.config import AppConfig
@@ -21,7 +22,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         raise AEVisError(f"unknown model {args.model!r}: use one of {', '.join(ZOO)} or file.py:factory")
     cfg = AppConfig.from_env(model=args.model, images=args.images, host=args.host, port=args.port,
-                             cache_dir=None if args.cache_dir is None else __import__("pathlib").Path(args.cache_dir))
+                             cache_dir=None if args.cache_dir is None else Path(args.cache_dir))
     from app.factory import create_app
 
     app = create_app(cfg)

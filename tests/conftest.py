@@ -61,3 +61,22 @@ def nips_demo():
     from aevis_core.data import demo_path, load_image_set
 
     return load_image_set(demo_path("nips2017"))
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """The hand-set ToyResNet (pixel-space wrapped) and its layer graph."""
+    from aevis_core.graph import build_graph
+    from aevis_core.models.base import ModelSpec, wrap
+    from tests.toy_models import ToyResNet
+
+    e = wrap(ModelSpec(ToyResNet(), (2, 2), ["a", "b"]), "toy")
+    return e, build_graph(e.model, (1, 2, 2), "toy")
+
+
+@pytest.fixture(scope="session")
+def resnet20_graph(resnet20):
+    """Layer graph of ResNet-20 (built once per session)."""
+    from aevis_core.graph import build_graph
+
+    return build_graph(resnet20.model, (3, 32, 32), "r20")

@@ -15,8 +15,8 @@ from tests.toy_models import ToyResNet
 
 
 @pytest.fixture(scope="module")
-def r20(resnet20, cifar_demo):
-    g = build_graph(resnet20.model, (3, 32, 32), "r20")
+def r20(resnet20, resnet20_graph, cifar_demo):
+    g = resnet20_graph
     x = resnet20.preprocess_many(cifar_demo.images[:16])
     return resnet20, g, x
 

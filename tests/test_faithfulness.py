@@ -20,21 +20,15 @@ from aevis_core.evaluate import (
 from aevis_core.graph import build_graph
 from aevis_core.graph.mask import MaskedModel, apply_mask
 from aevis_core.models.base import ModelSpec, wrap
-from tests.toy_models import ToyResNet, Untraceable
+from tests.toy_models import Untraceable
 
 # ToyResNet on these two 1x2x2 images: relu1 = (relu(x), relu(0.5 - x)), add = conv2(relu1) + relu1
 X_TOY = torch.tensor([[[[1.0, -2.0], [0.25, 0.0]]], [[[0.5, 0.0], [-1.0, 2.0]]]])
 
 
 @pytest.fixture(scope="module")
-def toy():
-    e = wrap(ModelSpec(ToyResNet(), (2, 2), ["a", "b"]), "toy")
-    return e, build_graph(e.model, (1, 2, 2), "toy")
-
-
-@pytest.fixture(scope="module")
-def r20(resnet20, cifar_demo):
-    g = build_graph(resnet20.model, (3, 32, 32), "r20")
+def r20(resnet20, resnet20_graph, cifar_demo):
+    g = resnet20_graph
     x = resnet20.preprocess_many(cifar_demo.images[::6][:16])  # 16 images, all 10 classes
     return resnet20, g, x
 

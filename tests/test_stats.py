@@ -31,8 +31,6 @@ from aevis_core.datapath.stats import (
 )
 from aevis_core.errors import AEVisError
 from aevis_core.graph import build_graph
-from aevis_core.models.base import ModelSpec, wrap
-from tests.toy_models import ToyResNet
 
 R20_LAYERS = ["conv1", "layer1.0.conv1", "layer2.1.bn2", "layer3.2.conv2", "linear"]
 
@@ -47,14 +45,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def toy():
-    e = wrap(ModelSpec(ToyResNet(), (2, 2), ["a", "b"]), "toy")
-    return e, build_graph(e.model, (1, 2, 2), "toy")
-
-
-@pytest.fixture(scope="module")
-def r20(resnet20, cifar_demo):
-    g = build_graph(resnet20.model, (3, 32, 32), "r20")
+def r20(resnet20, resnet20_graph, cifar_demo):
+    g = resnet20_graph
     x = resnet20.preprocess_many(cifar_demo.images[:8])
     return resnet20, g, x
 
