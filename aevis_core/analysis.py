@@ -5,6 +5,7 @@ the noise control and the diverging point. Cached as a whole by content key.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from aevis_core.models.base import ModelEntry
 from aevis_core.pool import Pool
 
 Progress = Callable[[int, int, str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,10 +84,27 @@ def analyze(entry: ModelEntry, graph: LayerGraph, pool: Pool, groups: Mapping[st
     validate_groups(pool, groups)
     key = content_key("analysis/v1", entry.model_id, {k: list(v) for k, v in groups.items()},
                       asdict(cfg), pool.attack, eps)
-    if cache is not None:
+    if cache is None:
+        return _compute_analysis(key, entry, graph, pool, groups, cfg, None, progress, eps)
+    hit = cache.get(key)
+    if isinstance(hit, Analysis):
+        log.info("analysis %s loaded from the cache", key[:32])
+        return hit
+    with cache.computing(key):  # a second user asking for the same analysis waits, then reads it
         hit = cache.get(key)
         if isinstance(hit, Analysis):
+            log.info("analysis %s computed meanwhile by another job", key[:32])
             return hit
+        log.info("computing analysis %s", key[:32])
+        result = _compute_analysis(key, entry, graph, pool, groups, cfg, cache, progress, eps)
+        cache.put(key, result)
+    return result
+
+
+def _compute_analysis(key: str, entry: ModelEntry, graph: LayerGraph, pool: Pool,
+                      groups: Mapping[str, Sequence[str]], cfg: ExtractConfig, cache: ResultCache | None,
+                      progress: Progress | None, eps: float | None) -> Analysis:
+    """Datapaths of every group, statistics, and the normal/adversarial comparison when paired."""
     report = progress or (lambda d, t, s: None)
     total = sum(len(v) for v in groups.values())
     pair = find_pair(pool, groups)
@@ -117,9 +136,4 @@ def analyze(entry: ModelEntry, graph: LayerGraph, pool: Pool, groups: Mapping[st
         result.comparison = comp
         result.divergence = diverging_point(comp)
     report(steps, steps, "done")
-    if cache is not None:
-        try:
-            cache.cache.set(key, result)
-        except OSError:
-            pass
     return result

@@ -1,14 +1,26 @@
-"""App factory: ``create_app(config)`` builds the Dash app; nothing heavy happens here."""
+"""App factory: ``create_app(config)`` builds the Dash app; nothing heavy happens here.
+
+The job backend is ``AEVIS_JOB_BACKEND``: ``diskcache`` (job processes on this machine, one
+explicit shared folder ``<cache>/jobs`` so every gunicorn worker sees every job) or ``celery``
+(Celery workers through ``REDIS_URL``, :mod:`app.celery_jobs`). An unwritable cache folder does
+not stop the app: it falls back to a per-user folder in the temp dir and says so in a banner.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import tempfile
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import dash_cytoscape as cyto
 import diskcache
 from dash import Dash
 
+from app import security
 from app.callbacks import register
 from app.config import AppConfig
 from app.layout import build_layout
@@ -19,18 +31,55 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 log = logging.getLogger(__name__)
 
 
+def _writable(folder: Path) -> None:
+    """Create ``folder`` and write a probe file in it, or raise OSError."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".probe-{os.getpid()}"
+    probe.write_bytes(b"ok")
+    probe.unlink()
+
+
+def usable_cache(cfg: AppConfig) -> tuple[AppConfig, str | None]:
+    """``cfg`` unchanged when its cache folder is writable, else a fallback folder and a notice."""
+    try:
+        for folder in (cfg.results_dir, cfg.jobs_dir):
+            _writable(folder)
+        return cfg, None
+    except OSError as exc:
+        digest = hashlib.sha1(str(cfg.cache_dir.resolve()).encode()).hexdigest()[:10]
+        fallback = Path(tempfile.gettempdir()) / f"aevis-cache-{os.getuid()}-{digest}"
+        notice = (f"The cache folder {cfg.cache_dir} is not writable ({exc.strerror or exc}): results are "
+                  f"kept in {fallback} for now and will be recomputed after a restart. Fix AEVIS_CACHE_DIR.")
+        log.error(notice)
+        new = replace(cfg, cache_dir=fallback)
+        for folder in (new.results_dir, new.jobs_dir):
+            _writable(folder)  # nothing writable at all: fail at start with this error
+        return new, notice
+
+
+def make_manager(cfg: AppConfig) -> Any:
+    """The background-callback manager of the configured job backend."""
+    if cfg.job_backend == "celery":
+        from app.celery_jobs import ReportingCeleryManager, make_celery
+
+        return ReportingCeleryManager(make_celery(cfg), job_timeout=cfg.job_timeout)
+    return ReportingDiskcacheManager(diskcache.Cache(str(cfg.jobs_dir)), job_timeout=cfg.job_timeout)
+
+
 def create_app(config: AppConfig | None = None) -> Dash:
     """The dashboard for ``config`` (default: from the environment)."""
-    cfg = config or AppConfig.from_env()
-    cfg.jobs_dir.mkdir(parents=True, exist_ok=True)
-    manager = ReportingDiskcacheManager(diskcache.Cache(str(cfg.jobs_dir)))
+    cfg, notice = usable_cache(config or AppConfig.from_env())
+    manager = make_manager(cfg)
     cyto.load_extra_layouts()
     app = Dash(__name__, title="AEVis", background_callback_manager=manager, assets_folder=str(ASSETS),
                suppress_callback_exceptions=True)
     resources = Resources(cfg)
-    app.layout = build_layout(cfg)
+    app.layout = build_layout(cfg, notice)
     register(app, resources)
     from app.callbacks_views import register_views
 
     register_views(app, resources)
+    security.install(app, cfg)
+    app.server.config["AEVIS_CONFIG"] = cfg
+    app.server.extensions["aevis_manager"] = manager
     return app

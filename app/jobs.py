@@ -40,12 +40,25 @@ def prepare_pool(set_progress: SetProgress, res: Resources) -> str:
     key = res.pool_key()
     if res.pool(key) is not None:
         return key
-    jr = job_resources(res)
     report = progress_reporter(set_progress)
-    report(0, 1, "loading model and images")
-    pool = build_pool(jr.entry, jr.images, jr.attack_config(), progress=report)
-    res.cache.cache.set(key, pool)
+    report(0, 1, "loading model and images (or waiting for another job preparing them)")
+    with res.cache.computing(key):
+        if res.pool(key) is None:
+            jr = job_resources(res)
+            store(res, key, build_pool(jr.entry, jr.images, jr.attack_config(), progress=report))
     return key
+
+
+def store(res: Resources, key: str, value: Any) -> None:
+    """Put a job's result in the shared cache, or raise a clear error if the disk refuses it."""
+    if not res.cache.put(key, value):
+        raise AEVisError(cache_write_message(res))
+
+
+def cache_write_message(res: Resources) -> str:
+    """One line: the result was computed but the cache folder refused it (full or read-only)."""
+    return (f"the result was computed but could not be saved: the cache folder {res.config.results_dir} "
+            f"is full or read-only ({res.cache.write_error}); free space or fix its permissions, then retry")
 
 
 def generate_pool(set_progress: SetProgress, res: Resources, method: str, eps: str, steps: int | None,
@@ -68,8 +81,9 @@ def generate_pool(set_progress: SetProgress, res: Resources, method: str, eps: s
     if res.pool(key) is not None:
         return key
     report = progress_reporter(set_progress)
-    pool = build_pool(jr.entry, jr.images, cfg, progress=report, source=src)
-    res.cache.cache.set(key, pool)
+    with res.cache.computing(key):
+        if res.pool(key) is None:
+            store(res, key, build_pool(jr.entry, jr.images, cfg, progress=report, source=src))
     return key
 
 
@@ -79,8 +93,15 @@ def run_analysis(set_progress: SetProgress, res: Resources, groups: dict[str, li
     pool = res.pool(pool_key)
     if pool is None:
         raise AEVisError("the image pool is not ready yet; wait for the preparation to finish")
+    total = sum(len(v) for v in groups.values())
+    if total > res.config.max_analysis_images:
+        raise AEVisError(f"{total} images in the groups; the limit per analysis is "
+                         f"{res.config.max_analysis_images} (AEVIS_MAX_ANALYSIS_IMAGES)")
     jr = job_resources(res)
-    return analyze(jr.entry, jr.graph, pool, groups, cache=res.cache, progress=progress_reporter(set_progress))
+    result = analyze(jr.entry, jr.graph, pool, groups, cache=res.cache, progress=progress_reporter(set_progress))
+    if res.cache.get(result.key) is None:
+        raise AEVisError(cache_write_message(res))
+    return result
 
 
 def user_message(exc: BaseException) -> str:

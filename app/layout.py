@@ -150,8 +150,8 @@ def neuron_level() -> html.Div:
     ], className="panel")
 
 
-def build_layout(config: AppConfig) -> html.Div:
-    """The whole page."""
+def build_layout(config: AppConfig, notice: str | None = None) -> html.Div:
+    """The whole page (``notice``: a server-side problem shown in a banner, e.g. an unwritable cache)."""
     return html.Div([
         dcc.Location(id="url", refresh=False),
         dcc.Store(id="pool-key"),
@@ -170,6 +170,7 @@ def build_layout(config: AppConfig) -> html.Div:
             html.Span(id="model-info", className="model-info"),
             html.Button("Download datapath JSON", id="export-json", n_clicks=0),
         ]),
+        html.Div(notice or "", id="notice", className="notice" if notice else ""),
         _progress("pool"),
         html.Div(id="pool-error", className="error"),
         html.Div([

@@ -54,7 +54,7 @@ class Resources:
     def entry(self) -> ModelEntry:
         """The analysed model (CPU in the web process unless ``device`` is given)."""
         with self._lock:
-            return load_model(self.config.model, device=self._device or "cpu")
+            return load_model(self.config.model, model_dir=self.config.model_dir, device=self._device or "cpu")
 
     @cached_property
     def graph(self) -> LayerGraph:

@@ -40,5 +40,5 @@ def fit_scorer(entry: ModelEntry, clean_x: torch.Tensor, clean_y: Sequence[int |
         adv = run_attack(entry.model, clean_x, y, attack)
     scorer = AdversarialScorer().fit(entry, clean_x, clean_y, adv_x=adv)
     if cache is not None:
-        cache.cache.set(key, scorer.to_dict())
+        cache.put(key, scorer.to_dict())
     return scorer
