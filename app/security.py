@@ -5,6 +5,12 @@
   scrypt/pbkdf2); a plain password is accepted too (compared in constant time) but logged as a
   warning. Every route — pages, assets, ``_dash-*`` endpoints, callbacks — answers 401 without
   valid credentials; only ``/healthz`` is public.
+
+  Why not ``dash-auth``: its BasicAuth deliberately leaves ``/_dash-layout``, ``/_dash-dependencies``
+  and the assets public, lets through any callback whose ``pathname`` input names a public route
+  (a client can send any pathname, so every routing callback is reachable unauthenticated), and
+  answers 500 to a malformed ``Authorization`` header. The guard here is one ``before_request``
+  hook with no exceptions but ``/healthz``.
 * Headers on every response: a Content-Security-Policy whose ``script-src`` is ``'self'`` plus the
   hashes of Dash's inline scripts (``Dash.csp_hashes``), ``X-Frame-Options: DENY``,
   ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: same-origin``.
@@ -25,7 +31,6 @@ from typing import Any
 
 import flask
 from dash import Dash
-from dash_auth import BasicAuth
 from werkzeug.security import check_password_hash
 
 from app.config import AppConfig
@@ -73,28 +78,29 @@ def check_password(secret: str, password: str) -> bool:
     return hmac.compare_digest(secret.encode("utf-8"), password.encode("utf-8"))
 
 
-class SafeBasicAuth(BasicAuth):  # type: ignore[misc]
-    """dash-auth BasicAuth whose malformed ``Authorization`` headers read as 401, not 500."""
+def credentials_ok(users: dict[str, str], header: str) -> bool:
+    """True for a well-formed ``Basic`` header naming a user with the right password."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        return False
+    try:
+        user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return False
+    secret = users.get(user)
+    return bool(sep) and secret is not None and check_password(secret, password)
 
-    def __init__(self, app: Dash, users: dict[str, str]) -> None:
-        self._stored = users
-        super().__init__(app, auth_func=self._check, public_routes=PUBLIC_ROUTES)
 
-    def _check(self, user: str, password: str) -> bool:
-        secret = self._stored.get(user)
-        return secret is not None and check_password(secret, password)
+def require_auth(server: flask.Flask, users: dict[str, str]) -> None:
+    """Answer 401 (with a Basic challenge) to every request without valid credentials."""
 
-    def is_authorized(self) -> bool:
-        """Parse ``Authorization: Basic …`` defensively, then check the user."""
-        header = flask.request.headers.get("Authorization", "")
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "basic" or not value:
-            return False
-        try:
-            user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return False
-        return bool(sep) and self._check(user, password)
+    @server.before_request
+    def guard() -> Any:
+        if flask.request.path in PUBLIC_ROUTES:
+            return None
+        if credentials_ok(users, flask.request.headers.get("Authorization", "")):
+            return None
+        return flask.Response("login required", 401, {"WWW-Authenticate": 'Basic realm="AEVis", charset="UTF-8"'})
 
 
 def max_request_bytes(cfg: AppConfig) -> int:
@@ -144,7 +150,7 @@ def install(app: Dash, cfg: AppConfig) -> None:
         return (f"request too large: uploads are limited to {cfg.max_upload_mb:g} MB (AEVIS_MAX_UPLOAD_MB)", 413)
 
     if cfg.auth_enabled:
-        SafeBasicAuth(app, load_users(cfg))
+        require_auth(server, load_users(cfg))
         log.info("basic auth on (%s)", "users file" if cfg.users_file else "AEVIS_USERS")
     elif cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s WITHOUT authentication: set AEVIS_USERS_FILE", cfg.host)

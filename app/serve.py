@@ -31,6 +31,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print ``user:hash`` for AEVIS_USERS_FILE (password read from stdin or a prompt, never argv)."""
+    import getpass
+    import sys
+
+    from werkzeug.security import generate_password_hash
+
+    from aevis_core.cli import out
+
+    password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass("password: ")
+    if not password:
+        from aevis_core.errors import AEVisError
+
+        raise AEVisError("empty password")
+    out(f"{args.user}:{generate_password_hash(password)}")
+    return 0
+
+
 def register_serve(sub: Any) -> None:
     """Add ``serve`` to the ``aevis`` sub-command parser."""
     s = sub.add_parser("serve", help="start the dashboard on the demo (or your model and images)")
@@ -41,3 +59,6 @@ def register_serve(sub: Any) -> None:
     s.add_argument("--port", type=int, default=None, help="port (default 8050)")
     s.add_argument("--cache-dir", default=None, help="cache folder (default $AEVIS_CACHE_DIR or ./cache)")
     s.set_defaults(func=cmd_serve)
+    h = sub.add_parser("hash-password", help="print a user:hash line for AEVIS_USERS_FILE (password on stdin)")
+    h.add_argument("user")
+    h.set_defaults(func=cmd_hash_password)

@@ -1,0 +1,190 @@
+"""Faults: restart reuses the cache, a full or unwritable cache, two users at once, time limits."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import diskcache
+import pytest
+
+from aevis_core.errors import AEVisError
+from app.config import AppConfig
+from app.manager import ReportingDiskcacheManager, timed_out_message
+
+pytestmark = pytest.mark.slow
+
+
+def no_progress(_value) -> None:
+    pass
+
+
+def make_resources(cache_dir: Path):
+    from app.resources import Resources
+
+    return Resources(AppConfig(model="cifar-resnet20", cache_dir=cache_dir, max_images=20))
+
+
+def cat_groups(res) -> dict[str, list[str]]:
+    from app.views import images as iv
+
+    presets = iv.presets(res.pool())
+    return presets[sorted(presets)[0]]
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    """A cache folder with the pool of 20 CIFAR images and one analysis (computed once)."""
+    from app import jobs
+
+    cache_dir = tmp_path_factory.mktemp("warm")
+    res = make_resources(cache_dir)
+    jobs.prepare_pool(no_progress, res)
+    analysis = jobs.run_analysis(no_progress, res, cat_groups(res))
+    return cache_dir, analysis
+
+
+def forbid_compute(monkeypatch):
+    import aevis_core.analysis as an
+
+    def boom(*_a, **_k):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(an, "_compute_analysis", boom)
+    monkeypatch.setattr("app.jobs.build_pool", boom)
+
+
+def test_restart_loads_analysis_from_cache_without_recomputing(warm, monkeypatch):
+    from app import jobs
+
+    cache_dir, first = warm
+    forbid_compute(monkeypatch)
+    res = make_resources(cache_dir)  # a new process's resources: nothing in memory
+    key = jobs.prepare_pool(no_progress, res)
+    again = jobs.run_analysis(no_progress, res, cat_groups(res), key)
+    assert again.key == first.key and list(again.datapaths) == list(first.datapaths)
+    for name, dp in first.datapaths.items():
+        assert again.datapaths[name].layers.keys() == dp.layers.keys()
+
+
+def test_full_cache_gives_a_clear_message_and_keeps_serving(warm, monkeypatch, tmp_path):
+    from app import jobs
+
+    cache_dir, first = warm
+    res = make_resources(cache_dir)
+    res.pool()  # what is already cached keeps working
+
+    def full(*_a, **_k):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(res.cache.cache, "set", full)
+    groups = cat_groups(res)
+    groups = {k: v[:3] for k, v in groups.items()}  # a new analysis: must be stored
+    with pytest.raises(AEVisError) as err:
+        jobs.run_analysis(no_progress, res, groups)
+    msg = str(err.value)
+    assert "could not be saved" in msg and "database or disk is full" in msg and "\n" not in msg
+    assert res.cached(first.key).key == first.key  # the old analysis still loads
+
+
+def test_unreadable_cache_reads_as_a_miss(tmp_path, monkeypatch):
+    from aevis_core.cache import ResultCache
+
+    c = ResultCache(tmp_path / "r")
+    assert c.put("k", 1) and c.get("k") == 1
+
+    def broken(*_a, **_k):
+        raise sqlite3.DatabaseError("file is not a database")
+
+    monkeypatch.setattr(c.cache, "get", broken)
+    assert c.get("k") is None
+
+
+def test_unwritable_cache_folder_falls_back_with_a_banner(tmp_path):
+    from app.factory import create_app
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    app = create_app(AppConfig(model="cifar-resnet20", cache_dir=blocker / "cache", max_images=20))
+    cfg = app.server.config["AEVIS_CONFIG"]
+    assert cfg.cache_dir != blocker / "cache" and cfg.results_dir.is_dir() and cfg.jobs_dir.is_dir()
+    client = app.server.test_client()
+    assert client.get("/").status_code == 200
+    layout = json.dumps(client.get("/_dash-layout").get_json(), ensure_ascii=False)
+    assert f"The cache folder {blocker / 'cache'} is not writable (Not a directory)" in layout.replace("\\/", "/")
+
+
+def _analyze_in_process(cache_dir: str, groups: dict[str, list[str]], counter: str) -> str:
+    import aevis_core.analysis as an
+
+    real = an._compute_analysis
+
+    def counted(*a, **k):
+        with open(counter, "a") as f:
+            f.write("x")
+        time.sleep(1.0)  # make the two jobs overlap
+        return real(*a, **k)
+
+    an._compute_analysis = counted
+    from app import jobs
+
+    res = make_resources(Path(cache_dir))
+    return jobs.run_analysis(no_progress, res, groups).key
+
+
+def test_two_users_same_analysis_computed_once(warm, tmp_path):
+    cache_dir, _ = warm
+    res = make_resources(cache_dir)
+    groups = {k: v[:4] for k, v in cat_groups(res).items()}  # not computed yet
+    counter = tmp_path / "count"
+    ctx = multiprocessing.get_context("spawn")  # fork after torch threads may hang
+    with ctx.Pool(2) as p:
+        keys = p.starmap(_analyze_in_process, [(str(cache_dir), groups, str(counter))] * 2)
+    assert keys[0] == keys[1]
+    assert counter.read_text() == "x"  # the second job waited for the first and read its result
+    assert make_resources(cache_dir).cached(keys[0]).groups == groups
+
+
+def test_killed_lock_holder_does_not_block(tmp_path):
+    """The per-key lock is an flock: a holder killed mid-computation releases it."""
+    from aevis_core.cache import ResultCache
+
+    code = ("import sys, time; from aevis_core.cache import ResultCache\n"
+            "c = ResultCache(sys.argv[1])\n"
+            "with c.computing('k'):\n    print('held', flush=True); time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    p.kill()
+    p.wait()
+    t = time.time()
+    with ResultCache(tmp_path).computing("k"):
+        pass
+    assert time.time() - t < 5
+
+
+def test_job_past_the_time_limit_is_ended_and_reported(tmp_path):
+    m = ReportingDiskcacheManager(diskcache.Cache(str(tmp_path)), job_timeout=0.5)
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    m.handle.set(f"aevis-started-{p.pid}", time.time())
+    assert m.get_result("k", p.pid) is m.UNDEFINED  # within the limit: still running
+    time.sleep(0.7)
+    out = m.get_result("k", p.pid)
+    assert out["background_callback_error"]["msg"] == timed_out_message(0.5)
+    p.wait(timeout=10)  # ended long before its 60 s sleep (raises TimeoutExpired otherwise)
+    assert m.get_result("k", p.pid)["background_callback_error"]["msg"] == timed_out_message(0.5)
+
+
+def test_each_request_gets_its_own_result_key(tmp_path):
+    m = ReportingDiskcacheManager(diskcache.Cache(str(tmp_path)))
+
+    def fn(x):
+        return x
+
+    a = m.build_cache_key(fn, [1, {"g": ["a"]}], [], None)
+    b = m.build_cache_key(fn, [1, {"g": ["a"]}], [], None)
+    assert a != b and a.rsplit("-", 1)[0] == b.rsplit("-", 1)[0]
