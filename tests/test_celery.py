@@ -1,0 +1,131 @@
+"""Celery + Redis mode: the same background callbacks through a real worker; a killed worker is
+reported, never silently stuck. The test starts redis-server and the workers itself."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app.celery_jobs import LOST
+from app.config import AppConfig
+from app.dash_client import DashClient
+from tests.services import Worker, redis_server, serve, worker_env
+
+pytestmark = pytest.mark.slow
+POOL = [("pool-key", "data"), ("pool-error", "children")]
+ANALYZE = [("analysis-key", "data"), ("analyze-error", "children")]
+GENERATE = [("pool-key", "data"), ("generate-error", "children")]
+
+
+def run_demo(url: str) -> tuple[str, str, dict]:
+    """Pool + Analyze of the first preset through HTTP; (pool key, analysis key, summary)."""
+    c = DashClient(url, poll_s=0.25, job_timeout=240)
+    c.load()
+    out = c.call(POOL, [("url", "pathname", "/")], changed=[])
+    pool_key = out["pool-key"]["data"]
+    assert pool_key, out
+    presets = c.call([("model-info", "children"), ("filter-class", "options"), ("preset", "options"),
+                      ("gen-source", "options")], [("pool-key", "data", pool_key)])["preset"]["options"]
+    preset = presets[0]["value"]
+    groups = c.call([("groups", "data")], [
+        ("add-group", "n_clicks", 0), ("preset", "value", preset), ("compare-predicted", "n_clicks", 0),
+        ("clear-groups", "n_clicks", 0), [],
+    ], [("group-name", "value", None), ("selection", "data", []), ("groups", "data", {}),
+        ("pool-key", "data", pool_key)], changed="preset.value")["groups"]["data"]
+    out = c.call(ANALYZE, [("analyze", "n_clicks", 1)], [("groups", "data", groups), ("pool-key", "data", pool_key)])
+    assert out["analyze-error"]["children"] == "", out
+    key = out["analysis-key"]["data"]
+    summary = c.call([("analysis-summary", "children")], [("analysis-key", "data", key)])
+    return pool_key, key, summary
+
+
+def generate(c: DashClient, pool_key: str, method: str, steps: int) -> dict:
+    return c.call(GENERATE, [("generate", "n_clicks", 1)], [
+        ("gen-method", "value", method), ("gen-eps", "value", "8/255"), ("gen-steps", "value", steps),
+        ("gen-source", "value", None)])
+
+
+@pytest.fixture(scope="module")
+def celery_setup(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AEVIS_HEARTBEAT_S", "1")  # web side: a lost worker is noticed after ~6 s
+    d = tmp_path_factory.mktemp("celery")
+    with redis_server(d) as redis_url:
+        cfg = AppConfig(model="cifar-resnet20", cache_dir=d / "cache", max_images=20, job_backend="celery",
+                        redis_url=redis_url)
+        env = worker_env(cfg, AEVIS_HEARTBEAT_S="1")
+        workers = [Worker(env, d / "worker-1.log", "w1")]
+        try:
+            with serve(cfg) as url:
+                yield url, cfg, env, d, workers
+        finally:
+            for w in workers:
+                w.stop()
+            mp.undo()
+
+
+def test_celery_results_identical_to_diskcache(celery_setup, tmp_path):
+    url, _, _, d, _ = celery_setup
+    celery_pool, celery_key, celery_summary = run_demo(url)
+    log = (d / "worker-1.log").read_text()
+    assert "succeeded" in log and "background_callback_" in log  # the worker really ran the jobs
+    with serve(AppConfig(model="cifar-resnet20", cache_dir=tmp_path / "cache", max_images=20)) as local:
+        disk_pool, disk_key, disk_summary = run_demo(local)
+    assert (celery_pool, celery_key) == (disk_pool, disk_key)  # content keys: same inputs, same method
+    assert celery_summary == disk_summary
+    from aevis_core.cache import ResultCache
+
+    a = ResultCache(d / "cache" / "results").get(celery_key)
+    b = ResultCache(tmp_path / "cache" / "results").get(disk_key)
+    for name in a.datapaths:
+        for layer, dp in a.datapaths[name].layers.items():
+            assert dp.critical == b.datapaths[name].layers[layer].critical
+    assert a.divergence.to_dict() == b.divergence.to_dict()
+
+
+def wait_for_heartbeat(redis_url: str, timeout: float = 60) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    end = time.time() + timeout
+    while time.time() < end:
+        if r.keys("aevis-heartbeat-*"):
+            return
+        time.sleep(0.1)
+    raise AssertionError("no job started")
+
+
+def test_killed_worker_is_reported_and_retry_works(celery_setup):
+    import concurrent.futures as cf
+
+    url, cfg, env, d, workers = celery_setup
+    c = DashClient(url, poll_s=0.25, job_timeout=120)
+    c.load()
+    pool_key = c.call(POOL, [("url", "pathname", "/")], changed=[])["pool-key"]["data"]
+    with cf.ThreadPoolExecutor(1) as ex:
+        # 1. the pool process running the job is killed: Celery marks it WorkerLostError
+        job = ex.submit(generate, c, pool_key, "cw", 200)
+        wait_for_heartbeat(cfg.redis_url)
+        for pid in workers[0].pool_children():
+            import os
+            import signal
+
+            os.kill(pid, signal.SIGKILL)
+        out = job.result(timeout=90)
+        assert out["generate-error"]["children"] == LOST and "pool-key" not in out
+        # 2. the whole worker is killed (nothing left to report): the heartbeat expires
+        workers[0].wait_for("ready", 5)
+        job = ex.submit(generate, c, pool_key, "cw", 200)
+        wait_for_heartbeat(cfg.redis_url)
+        workers[0].kill()
+        t = time.time()
+        out = job.result(timeout=90)
+        assert out["generate-error"]["children"] == LOST and time.time() - t < 30
+    # 3. a new worker: the retry works
+    workers.append(Worker(env, d / "worker-2.log", "w2"))
+    out = generate(c, pool_key, "fgsm", 1)
+    assert out["generate-error"]["children"] == "" and out["pool-key"]["data"] not in (None, pool_key)
+    info = c.call([("model-info", "children"), ("filter-class", "options"), ("preset", "options"),
+                   ("gen-source", "options")], [("pool-key", "data", out["pool-key"]["data"])])
+    assert "20 FGSM twins" in info["model-info"]["children"]
