@@ -143,7 +143,8 @@ def test_worker_abort_ends_its_job_processes():
     code = ("import subprocess, sys, time\n"
             "kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']) for _ in range(2)]\n"
             "print(' '.join(str(k.pid) for k in kids), flush=True)\n"
-            "class W:\n    pid = 0\n    class log:\n        @staticmethod\n        def warning(*a): print('warned', flush=True)\n"
+            "class W:\n    pid = 0\n    class log:\n        @staticmethod\n"
+            "        def warning(*a): print('warned', flush=True)\n"
             "from app.gunicorn_conf import worker_abort\nworker_abort(W())\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     pids = [int(x) for x in p.stdout.split()[:2]]

@@ -1,12 +1,9 @@
-"""Safe reading of user uploads: single images or zip archives of images, never trusted.
+"""Safe reading of user uploads (images or zips of images): never trusted, never raises for bad input.
 
-:func:`read_uploads` takes the bytes of each uploaded file and returns the images it could
-decode safely plus a one-line reason for each file it refused; it never raises for bad input.
-Zip archives are read from memory member by member: unsafe member paths, links, encryption,
-nested archives, too many entries and members whose declared size or compression ratio looks
-like a zip bomb are refused before any byte is decompressed, and every read is bounded.
-User-given names are never used as paths: each image gets a sanitised unique id
-(``[A-Za-z0-9._-]``, at most 64 characters) and :func:`save_image_set` writes ``<id>.png``.
+Zip archives are read in memory member by member: unsafe paths, links, encryption, nested zips,
+too many entries and members whose declared size or compression ratio look like a zip bomb are
+refused before a byte is decompressed, and every read is bounded. User-given names are never
+used as paths: each image gets a sanitised unique id and :func:`save_image_set` writes ``<id>.png``.
 """
 
 from __future__ import annotations
@@ -43,13 +40,11 @@ _BAD_DATA = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueE
 
 def _env_num(var: str, default: float) -> float:
     raw = os.environ.get(var, "").strip()
-    if not raw:
-        return default
     try:
-        value = float(raw)
+        value = float(raw) if raw else default
     except ValueError:
-        raise AEVisError(f"{var}={raw!r} is not a number") from None
-    if not value > 0:
+        value = -1.0
+    if not 0 < value < float("inf"):
         raise AEVisError(f"{var}={raw!r} must be a positive number")
     return value
 
@@ -82,9 +77,7 @@ class UploadResult:
 
 
 def _size(n: float) -> str:
-    if n < 1024:
-        return f"{int(n)} bytes"
-    return f"{n / 1024:.1f} KB" if n < 2**20 else f"{n / 2**20:.1f} MB"
+    return f"{int(n):,} bytes" if n < 2**20 else f"{n / 2**20:.1f} MB"
 
 
 def _label(name: str) -> str:
@@ -94,8 +87,7 @@ def _label(name: str) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return _label(text)[:100]
+    return _label((str(exc).splitlines() or [type(exc).__name__])[0])[:100]
 
 
 def safe_id(name: str, taken: set[str]) -> str:
@@ -141,8 +133,8 @@ class _Reader:
         if len(self.set) >= self.lim.max_files:
             self.reject(raw, f"{label}: over the {self.lim.max_files}-image limit of one upload")
         elif self.bytes + size > self.lim.max_total_bytes:
-            self.reject(raw, f"{label}: {_size(size)} would pass the {_size(self.lim.max_total_bytes)} "
-                             "total limit of one upload")
+            self.reject(raw, f"{label}: {_size(size)} would take the upload over its "
+                             f"{_size(self.lim.max_total_bytes)} total limit")
         else:
             return True
         return False
@@ -160,8 +152,8 @@ class _Reader:
             return
         w, h = img.size
         if self.pixels + w * h > self.lim.max_total_pixels:
-            self.reject(raw, f"{label}: {w}x{h} would pass the {self.lim.max_total_pixels / 1e6:.0f} MP "
-                             "total limit of one upload")
+            self.reject(raw, f"{label}: {w}x{h} pixels would take the upload over its "
+                             f"{self.lim.max_total_pixels / 1e6:g} MP total limit")
             return
         self.bytes += len(data)
         self.pixels += w * h
@@ -186,8 +178,11 @@ class _Reader:
                 self.reject(raw, f"{label}: {len(members)} entries, over the {self.lim.max_zip_entries}-entry "
                                  "limit of a zip")
                 return
+            before = len(self.set) + len(self.rejected)
             for m in members:
                 self._member(zf, m, raw, label)
+            if len(self.set) + len(self.rejected) == before:
+                self.reject(raw, f"{label}: the zip holds no image files")
 
     def _member(self, zf: zipfile.ZipFile, m: zipfile.ZipInfo, zip_raw: str, zip_label: str) -> None:
         raw, label = f"{zip_raw}:{m.filename}", f"{zip_label}:{_label(m.filename)}"
