@@ -12,7 +12,7 @@ from dash.exceptions import PreventUpdate
 from aevis_core.analysis import Analysis
 from aevis_core.datapath.extract import datapath_to_dict
 from aevis_core.pool import Pool
-from app import jobs
+from app import jobs, uploads
 from app.manager import job_options
 from app.resources import Resources
 from app.views import images as iv
@@ -56,26 +56,48 @@ def register(app: Dash, res: Resources) -> None:
 
     @app.callback(
         Output("pool-key", "data"), Output("pool-error", "children"),
-        Input("url", "pathname"),
+        Input("url", "pathname"), Input("image-set", "value"),
         **job_options("pool", 2, 1, cancel=False, button=False),
         prevent_initial_call=False,
     )
-    def prepare(set_progress: Any, _path: str | None) -> tuple[Any, Any]:
+    def prepare(set_progress: Any, _path: str | None, set_id: str | None) -> tuple[Any, Any]:
         try:
-            return jobs.prepare_pool(set_progress, res), ""
+            return jobs.prepare_pool(set_progress, res, set_id), ""
         except Exception as exc:  # noqa: BLE001 - shown as one line
             return None, f"Could not prepare the images: {jobs.user_message(exc)}"
+
+    @app.callback(Output("image-set", "options"), Input("url", "pathname"))
+    def image_sets(_path: str | None) -> Any:
+        return uploads.list_sets(res.config)
+
+    @app.callback(Output("image-set", "options", allow_duplicate=True), Output("image-set", "value"),
+                  Output("upload-report", "children"),
+                  Input("upload", "contents"), State("upload", "filename"), prevent_initial_call=True)
+    def upload(contents: list[str] | None, names: list[str] | None) -> tuple[Any, Any, Any]:
+        if not contents:
+            raise PreventUpdate
+        try:
+            report = uploads.save_upload(res.config, list(contents), list(names or []))
+        except Exception as exc:  # noqa: BLE001 - the page keeps working; the log has the details
+            return no_update, no_update, html.Div(f"upload failed: {jobs.user_message(exc)}", className="error")
+        lines = uploads.report_lines(report)
+        view = [html.Div(lines[0], className="ok" if report.set_id else "error")]
+        view += [html.Div(t, className="error") for t in lines[1:]]
+        if report.set_id is None:
+            return no_update, no_update, view
+        return uploads.list_sets(res.config), report.set_id, view
 
     @app.callback(
         Output("pool-key", "data", allow_duplicate=True), Output("generate-error", "children"),
         Input("generate", "n_clicks"), State("gen-method", "value"), State("gen-eps", "value"),
-        State("gen-steps", "value"), State("gen-source", "value"),
+        State("gen-steps", "value"), State("gen-source", "value"), State("image-set", "value"),
         **job_options("generate", 2, 1, cancel=False),
         prevent_initial_call=True,
     )
-    def generate(set_progress: Any, _n: int, method: str, eps: str, steps: int, source: str) -> tuple[Any, Any]:
+    def generate(set_progress: Any, _n: int, method: str, eps: str, steps: int, source: str,
+                 set_id: str | None) -> tuple[Any, Any]:
         try:
-            return jobs.generate_pool(set_progress, res, method, eps, steps, source), ""
+            return jobs.generate_pool(set_progress, res, method, eps, steps, source, set_id), ""
         except Exception as exc:  # noqa: BLE001 - shown as one line, the current images stay
             return no_update, jobs.user_message(exc)
 

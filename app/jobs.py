@@ -35,9 +35,10 @@ def progress_reporter(set_progress: SetProgress) -> Callable[[int, int, str], No
     return report
 
 
-def prepare_pool(set_progress: SetProgress, res: Resources) -> str:
-    """Key of the default pool: load it from the cache, or build it (attack + predictions + scores)."""
-    key = res.pool_key()
+def prepare_pool(set_progress: SetProgress, res: Resources, set_id: str | None = None) -> str:
+    """Key of the pool of an image set (default: demo/configured) with the default attack:
+    load it from the cache, or build it (attack + predictions + scores)."""
+    key = res.pool_key() if not set_id or set_id == "demo" else res.pool_key(set_id=set_id)
     if res.pool(key) is not None:
         return key
     report = progress_reporter(set_progress)
@@ -45,7 +46,8 @@ def prepare_pool(set_progress: SetProgress, res: Resources) -> str:
     with res.cache.computing(key):
         if res.pool(key) is None:
             jr = job_resources(res)
-            store(res, key, build_pool(jr.entry, jr.images, jr.attack_config(), progress=report))
+            images = res.image_set(set_id)
+            store(res, key, build_pool(jr.entry, images, jr.attack_config(), progress=report))
     return key
 
 
@@ -62,7 +64,7 @@ def cache_write_message(res: Resources) -> str:
 
 
 def generate_pool(set_progress: SetProgress, res: Resources, method: str, eps: str, steps: int | None,
-                  source: str | None) -> str:
+                  source: str | None, set_id: str | None = None) -> str:
     """Key of a pool whose adversarial twins come from the given attack (white-box or transfer)."""
     from aevis_core.attacks import AttackConfig, parse_eps, validate_config
     from aevis_core.models import ZOO, load_model
@@ -77,13 +79,13 @@ def generate_pool(set_progress: SetProgress, res: Resources, method: str, eps: s
         src = load_model(source, device=next(jr.entry.model.parameters()).device)
         if src.input_size != jr.entry.input_size or src.num_classes != jr.entry.num_classes:
             raise AEVisError(f"{source} does not take the same images and classes as {res.config.model}")
-    key = res.pool_key(cfg, source if src is not None else None)
+    key = res.pool_key(cfg, source if src is not None else None, set_id)
     if res.pool(key) is not None:
         return key
     report = progress_reporter(set_progress)
     with res.cache.computing(key):
         if res.pool(key) is None:
-            store(res, key, build_pool(jr.entry, jr.images, cfg, progress=report, source=src))
+            store(res, key, build_pool(jr.entry, res.image_set(set_id), cfg, progress=report, source=src))
     return key
 
 

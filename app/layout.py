@@ -22,6 +22,13 @@ def controls_left() -> html.Div:
     return html.Div([
         html.H3("Images"),
         html.Div([
+            dcc.Dropdown(id="image-set", value="demo", clearable=False, searchable=False,
+                         options=[{"label": "demo images", "value": "demo"}]),
+            dcc.Upload(id="upload", multiple=True, className="upload", children=html.Div(
+                ["Add your images: drop PNG/JPEG/BMP/WEBP files or a .zip here, or ", html.A("choose files")])),
+            dcc.Loading(html.Div(id="upload-report", className="upload-report"), type="dot"),
+        ], className="image-sets"),
+        html.Div([
             dcc.Dropdown(id="filter-class", placeholder="class (true or predicted)", clearable=True),
             dcc.RadioItems(id="filter-kind", value="all", inline=True, options=[
                 {"label": "all", "value": "all"}, {"label": "normal", "value": "normal"},

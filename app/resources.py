@@ -81,14 +81,33 @@ class Resources:
                 s = s.subset(range(self.config.max_images))
             return s
 
+    def image_set(self, set_id: str | None = None) -> ImageSet:
+        """The configured/demo set (``None`` or ``"demo"``) or a registered upload (by id, checked)."""
+        if not set_id or set_id == "demo":
+            return self.images
+        from app.uploads import load_upload
+
+        key = f"upload-set:{set_id}"
+        with self._lock:
+            if key in self._recent:
+                value: ImageSet = self._recent[key]
+                return value
+        s = load_upload(self.config, set_id, self.entry.dataset)
+        if len(s) > self.config.max_images:
+            s = s.subset(range(self.config.max_images))
+        with self._lock:
+            self._recent[key] = s
+        return s
+
     def attack_config(self) -> AttackConfig:
         """MI-FGSM with the configured eps (default 4/255 ImageNet, 8/255 CIFAR)."""
         eps = self.config.eps or ("8/255" if self.entry.dataset == "cifar10" else "4/255")
         return AttackConfig(method="mifgsm", eps=parse_eps(eps), steps=self.config.attack_steps)
 
-    def pool_key(self, attack: AttackConfig | None = None, source: str | None = None) -> str:
+    def pool_key(self, attack: AttackConfig | None = None, source: str | None = None,
+                 set_id: str | None = None) -> str:
         """Cache key of a pool (model, images, attack, model the attack was crafted on)."""
-        x = self.entry.preprocess_many(self.images.images)
+        x = self.entry.preprocess_many(self.image_set(set_id).images)
         cfg = attack or self.attack_config()
         return content_key("pool/v1", self.entry.model_id, x, cfg.to_dict(), source)
 

@@ -22,7 +22,7 @@ def run_demo(url: str) -> tuple[str, str, dict]:
     """Pool + Analyze of the first preset through HTTP; (pool key, analysis key, summary)."""
     c = DashClient(url, poll_s=0.25, job_timeout=240)
     c.load()
-    out = c.call(POOL, [("url", "pathname", "/")], changed=[])
+    out = c.call(POOL, [("url", "pathname", "/"), ("image-set", "value", "demo")], changed=[])
     pool_key = out["pool-key"]["data"]
     assert pool_key, out
     presets = c.call([("model-info", "children"), ("filter-class", "options"), ("preset", "options"),
@@ -43,7 +43,7 @@ def run_demo(url: str) -> tuple[str, str, dict]:
 def generate(c: DashClient, pool_key: str, method: str, steps: int) -> dict:
     return c.call(GENERATE, [("generate", "n_clicks", 1)], [
         ("gen-method", "value", method), ("gen-eps", "value", "8/255"), ("gen-steps", "value", steps),
-        ("gen-source", "value", None)])
+        ("gen-source", "value", None), ("image-set", "value", "demo")])
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_killed_worker_is_reported_and_retry_works(celery_setup):
     url, cfg, env, d, workers = celery_setup
     c = DashClient(url, poll_s=0.25, job_timeout=120)
     c.load()
-    pool_key = c.call(POOL, [("url", "pathname", "/")], changed=[])["pool-key"]["data"]
+    pool_key = c.call(POOL, [("url", "pathname", "/"), ("image-set", "value", "demo")], changed=[])["pool-key"]["data"]
     with cf.ThreadPoolExecutor(1) as ex:
         # 1. the pool process running the job is killed: Celery marks it WorkerLostError
         job = ex.submit(generate, c, pool_key, "cw", 200)
