@@ -4,7 +4,8 @@
 #    already installed for the system python is kept (the venv then sees system site-packages);
 #  - then the project (editable) and torchattacks with --no-deps (its metadata asks for
 #    torchvision, which would pull a CUDA torch from the registry);
-#  - `test` also installs the test extras and, as root, Debian's chromium + chromium-driver.
+#  - `test` also installs the test extras and, as root, Debian's chromium + chromium-driver and
+#    redis-server (the Celery tests start their own redis-server on a loopback port).
 # Idempotent: a stamp keyed on pyproject.toml and this script skips pip when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,13 +47,14 @@ if [ "$mode" = "test" ]; then
   need=()
   command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)  # Celery-mode tests start their own
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
       log "installing ${need[*]} (Debian)"
       apt-get update -qq >/dev/null
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
     else
-      log "WARNING: ${need[*]} missing and not root: browser tests will fail (apt-get install -y chromium chromium-driver)"
+      log "WARNING: ${need[*]} missing and not root: some tests will fail (apt-get install -y ${need[*]})"
     fi
   fi
 fi
