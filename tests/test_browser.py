@@ -189,3 +189,26 @@ def wait_js_pid(me, before, timeout: float = 30):
             return new
         time.sleep(0.2)
     raise AssertionError("no job process appeared")
+
+
+def test_killed_extraction_shows_failure_nothing_lost_and_retry_works(dash_duo, app):
+    import psutil
+
+    dash_duo.start_server(app)
+    dash_duo.wait_for_element(".thumb", timeout=120)
+    dash_duo.select_dcc_dropdown("#preset", value="cat: normal vs adversarial")
+    dash_duo.wait_for_text_to_equal("#groups-view .group b", "cat: normal", timeout=10)
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    dash_duo.find_element("#analyze").click()
+    for p in wait_js_pid(me, before):  # the Analyze job process, killed mid-extraction
+        p.kill()
+    dash_duo.wait_for_contains_text("#analyze-error", "stopped unexpectedly", timeout=60)
+    # nothing else is lost: images, groups and the button are still there
+    assert len(dash_duo.find_elements(".thumb")) == 80
+    assert len(dash_duo.find_elements("#groups-view .group")) == 2
+    assert dash_duo.find_element("#analyze").is_enabled()
+    dash_duo.find_element("#analyze").click()  # Retry
+    dash_duo.wait_for_contains_text("#analysis-summary", "diverging point", timeout=120)
+    dash_duo.wait_for_text_to_equal("#analyze-error", "", timeout=10)
+    assert dash_duo.get_logs() == []
