@@ -76,14 +76,20 @@ def validate_groups(pool: Pool, groups: Mapping[str, Sequence[str]], max_images:
         raise AEVisError(f"{total} images selected; the limit per analysis is {max_images}")
 
 
+def analysis_key(entry: ModelEntry, pool: Pool, groups: Mapping[str, Sequence[str]],
+                 config: ExtractConfig | None = None, eps: float | None = None) -> str:
+    """Content key of an analysis: model identity, groups, extraction config, pool attack, eps."""
+    return content_key("analysis/v1", entry.model_id, {k: list(v) for k, v in groups.items()},
+                       asdict(config or ExtractConfig()), pool.attack, eps)
+
+
 def analyze(entry: ModelEntry, graph: LayerGraph, pool: Pool, groups: Mapping[str, Sequence[str]],
             config: ExtractConfig | None = None, cache: ResultCache | None = None,
             progress: Progress | None = None, eps: float | None = None) -> Analysis:
     """Run (or load) the analysis of ``groups`` (name -> pool item ids)."""
     cfg = config or ExtractConfig()
     validate_groups(pool, groups)
-    key = content_key("analysis/v1", entry.model_id, {k: list(v) for k, v in groups.items()},
-                      asdict(cfg), pool.attack, eps)
+    key = analysis_key(entry, pool, groups, cfg, eps)
     if cache is None:
         return _compute_analysis(key, entry, graph, pool, groups, cfg, None, progress, eps)
     hit = cache.get(key)

@@ -35,6 +35,7 @@ class AppConfig:
     max_analysis_images: int = 200
     job_timeout: float = 3600.0
     model_dir: Path | None = None
+    job_launcher: bool = True
 
     @classmethod
     def from_env(cls, **overrides: object) -> AppConfig:
@@ -57,6 +58,7 @@ class AppConfig:
             max_analysis_images=int(env.get("AEVIS_MAX_ANALYSIS_IMAGES", cls.max_analysis_images)),
             job_timeout=float(env.get("AEVIS_JOB_TIMEOUT", cls.job_timeout)),
             model_dir=Path(env["AEVIS_MODEL_DIR"]) if env.get("AEVIS_MODEL_DIR") else None,
+            job_launcher=env.get("AEVIS_JOB_LAUNCHER", "1") not in ("0", "false", "no"),
         )
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
         cfg.validate()

@@ -10,7 +10,8 @@ It speaks the protocol of dash-renderer 4.4 (``handleServerside`` in ``dash_rend
   answers ``{"multi": true, "response": {id: {prop: value}}}``, 204 means PreventUpdate.
 * A background callback first answers ``{"cacheKey", "job"}`` (+ ``cancel``, ``progressDefault``);
   the client then re-posts the body, input and state values set to null, with
-  ``?endId&cacheKey&job`` until the answer has ``response``; meanwhile answers carry ``progress``
+  ``?endId&cacheKey&job`` until the answer has ``response`` (the renderer waits the callback's
+  ``background.interval``, 1000 ms by default; here ``poll_s``); meanwhile answers carry ``progress``
   (``{"id.prop": value}``). A job that ended without result (cancelled) answers 204.
 * A new call for the outputs of a job still pending adds ``?oldJob=<job>``: the server ends it.
 """
@@ -21,7 +22,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urljoin
 
@@ -72,7 +73,8 @@ def parse_config(html: str) -> dict[str, Any]:
 
 
 class DashClient:
-    """One simulated browser tab: a ``requests.Session`` (cookies kept), one page load's ``end_id``."""
+    """One simulated browser tab: a ``requests.Session`` (cookies kept), one page load's ``end_id``,
+    and the page state ``props`` (layout components by id, updated by every answer) for :meth:`fire`."""
 
     def __init__(self, base_url: str, auth: tuple[str, str] | None = None, timeout: float = 30,
                  poll_s: float = 0.5, job_timeout: float = 300) -> None:
@@ -85,6 +87,7 @@ class DashClient:
         self.config: dict[str, Any] = {}
         self.layout: Any = None
         self.dependencies: list[dict[str, Any]] = []
+        self.props: dict[str, dict[str, Any]] = {}  # page state: component id -> props (layout + answers)
         self.last_progress: dict[str, Any] = {}
         self._pending: dict[str, str] = {}  # output string -> job handle still running
 
@@ -111,6 +114,7 @@ class DashClient:
         self.layout = self._get(self._url("_dash-layout")).json()
         self.dependencies = self._get(self._url("_dash-dependencies")).json()
         self._pending.clear()
+        self.props = {stringify_id(p["id"]): dict(p) for p in _components(self.layout) if "id" in p}
         log.debug("loaded %s: %d callbacks", self.base_url, len(self.dependencies))
         return self.config
 
@@ -149,6 +153,30 @@ class DashClient:
             body["state"] = sts
         return body
 
+    def fire(self, outputs: Sequence[Prop], values: dict[str, Any] | None = None,
+             changed: str | Sequence[str] | None = None, job_timeout: float | None = None) -> dict[str, dict[str, Any]]:
+        """Run the callback of ``outputs`` as the renderer would: every input and state value comes from
+        the page state (layout + earlier answers), ``values`` (``"id.prop": value``, set on the page
+        first) overriding it; ``changed`` defaults to the keys of ``values``. ``ALL`` wildcards
+        match components of the page state."""
+        dep = self.callback_for(outputs)
+        if dep is None:
+            raise DashCallbackError(f"no callback has the outputs {outputs}")
+        for key, value in (values or {}).items():
+            cid, prop = key.rsplit(".", 1)
+            self.props.setdefault(cid, {})[prop] = value
+
+        def item(d: dict[str, Any]) -> Any:
+            pid, prop = d["id"], d["property"]
+            if isinstance(pid, dict) and any(isinstance(v, list) for v in pid.values()):
+                return [{"id": p["id"], "property": prop, "value": p.get(prop)} for p in self.props.values()
+                        if isinstance(p.get("id"), dict) and p["id"].keys() == pid.keys()
+                        and all(isinstance(v, list) or p["id"][k] == v for k, v in pid.items())]
+            return (pid, prop, self.props.get(stringify_id(pid), {}).get(prop))
+
+        return self.call(outputs, [item(d) for d in dep["inputs"]], [item(d) for d in dep.get("state") or []],
+                         list(values or {}) if changed is None else changed, job_timeout)
+
     def call(self, outputs: Sequence[Prop], inputs: Sequence[tuple[ComponentId, str, Any] | Any],
              state: Sequence[tuple[ComponentId, str, Any] | Any] = (), changed: str | Sequence[str] | None = None,
              job_timeout: float | None = None) -> dict[str, dict[str, Any]]:
@@ -165,7 +193,10 @@ class DashClient:
         data = self.post(body, args + ([("oldJob", old)] if old else []))
         if "cacheKey" in data and "response" not in data:
             data = self._poll(body, args, data, job_timeout or self.job_timeout)
-        return self._result(data, output)
+        result = self._result(data, output)
+        for cid, props in result.items():
+            self.props.setdefault(cid, {}).update(props)
+        return result
 
     def _poll(self, body: dict[str, Any], args: list[tuple[str, Any]], first: dict[str, Any],
               job_timeout: float) -> dict[str, Any]:
@@ -216,6 +247,17 @@ class DashClient:
         for cid, props in (data.get("sideUpdate") or {}).items():
             out.setdefault(cid, {}).update(props)
         return out
+
+
+def _components(tree: Any) -> Iterator[dict[str, Any]]:
+    """The props of every component in a serialized layout tree."""
+    if isinstance(tree, list):
+        for x in tree:
+            yield from _components(x)
+    elif isinstance(tree, dict) and isinstance(tree.get("props"), dict):
+        yield tree["props"]
+        for v in tree["props"].values():
+            yield from _components(v)
 
 
 def _nulled(items: list[Any]) -> list[Any]:

@@ -82,4 +82,6 @@ def create_app(config: AppConfig | None = None) -> Dash:
     security.install(app, cfg)
     app.server.config["AEVIS_CONFIG"] = cfg
     app.server.extensions["aevis_manager"] = manager
+    if isinstance(manager, ReportingDiskcacheManager) and cfg.job_launcher:
+        manager.start_launcher()  # jobs fork from a single-threaded process (app/launcher.py)
     return app

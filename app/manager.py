@@ -17,6 +17,7 @@ diskcache folder; :mod:`app.celery_jobs` has the Celery + Redis variant.
 
 from __future__ import annotations
 
+import inspect
 import time
 import uuid
 from collections.abc import Callable
@@ -57,9 +58,32 @@ class ReportingDiskcacheManager(DiskcacheManager):  # type: ignore[misc]
     def _cancel_key(self, job: Any) -> str:
         return f"aevis-cancelled-{job}"
 
+    def start_launcher(self) -> None:
+        """Fork the job launcher now (call when every callback is registered, before serving)."""
+        from app.launcher import JobLauncher
+
+        self.launcher = JobLauncher(dict(self.func_registry))
+
+    def _start(self, key: str, job_fn: Any, args: Any, context: Any) -> Any:
+        """A job process: forked by the launcher when there is one, else by Dash (from this process)."""
+        launcher = getattr(self, "launcher", None)
+        fn_key = next((k for k, v in self.func_registry.items() if v is job_fn), None)
+        if launcher is None or fn_key is None or inspect.iscoroutinefunction(job_fn):
+            return super().call_job_fn(key, job_fn, args, context)
+        return launcher.start(fn_key, (key, self._make_progress_key(key), args, context))
+
+    def job_running(self, job: Any) -> bool:
+        """Dash's check, without the race of a job exiting between its two psutil calls."""
+        import psutil
+
+        try:
+            return bool(super().job_running(job))
+        except psutil.Error:
+            return False
+
     def call_job_fn(self, key: str, job_fn: Any, args: Any, context: Any) -> Any:
         """Start the job process and remember when it started (for the time limit)."""
-        job = super().call_job_fn(key, job_fn, args, context)
+        job = self._start(key, job_fn, args, context)
         self.handle.set(f"aevis-started-{job}", time.time(), expire=2 * DAY)
         self.handle.delete(self._cancel_key(job))
         self.handle.delete(f"aevis-timeout-{job}")
@@ -69,17 +93,26 @@ class ReportingDiskcacheManager(DiskcacheManager):  # type: ignore[misc]
         """Record the cancel, then kill the job as Dash does."""
         if job is not None:
             self.handle.set(self._cancel_key(job), True, expire=DAY)
-        super().terminate_job(job)
+        self._kill(job)
+
+    def _kill(self, job: Any) -> None:
+        """Dash's kill, without the race of a job exiting between its psutil calls."""
+        import psutil
+
+        try:
+            DiskcacheManager.terminate_job(self, job)
+        except psutil.NoSuchProcess:
+            pass
 
     def _enforce_timeout(self, job: Any) -> bool:
         """End a job running past the limit; True when it was (or had been) ended that way."""
         if self.handle.get(f"aevis-timeout-{job}"):
             return True
         started = self.handle.get(f"aevis-started-{job}")
-        if started is None or time.time() - float(started) <= self.job_timeout or not super().job_running(job):
+        if started is None or time.time() - float(started) <= self.job_timeout or not self.job_running(job):
             return False
         self.handle.set(f"aevis-timeout-{job}", True, expire=DAY)
-        DiskcacheManager.terminate_job(self, job)  # not a user cancel
+        self._kill(job)  # not a user cancel
         return True
 
     def get_result(self, key: Any, job: Any) -> Any:
@@ -89,7 +122,7 @@ class ReportingDiskcacheManager(DiskcacheManager):  # type: ignore[misc]
             return result
         if self._enforce_timeout(job):
             return error_record(timed_out_message(self.job_timeout))
-        if not super().job_running(job) and not self.handle.get(self._cancel_key(job)):
+        if not self.job_running(job) and not self.handle.get(self._cancel_key(job)):
             return error_record(DIED)
         return result
 
