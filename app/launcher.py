@@ -68,14 +68,26 @@ class JobLauncher:
 
     def __init__(self, registry: Registry) -> None:
         ours, theirs = Pipe()
-        pid = os.fork()
-        if pid == 0:  # the launcher
-            ours.close()
-            try:
-                _serve(theirs, registry)
-            finally:
-                os._exit(0)
+        box: dict[str, int] = {}
+
+        def fork() -> None:
+            pid = os.fork()
+            if pid == 0:  # the launcher
+                ours.close()
+                try:
+                    _serve(theirs, registry)
+                finally:
+                    os._exit(0)
+            box["pid"] = pid
+
+        # Fork from a fresh thread: OpenMP (libgomp) keeps its worker pool per calling thread, and
+        # a child that inherits the stale pool of a thread that ran torch hangs in its first
+        # parallel op. A thread that never ran one gives the launcher (and its jobs) a clean slate.
+        t = threading.Thread(target=fork, name="aevis-launcher-fork")
+        t.start()
+        t.join()
         theirs.close()
+        pid = box["pid"]
         self.pid = pid
         self._conn = ours
         self._lock = threading.Lock()

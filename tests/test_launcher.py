@@ -63,3 +63,28 @@ def test_unknown_function_and_exit_on_close(tmp_path):
     launcher.close()
     proc = psutil.Process(launcher.pid)
     proc.wait(timeout=10)  # the launcher ends when the web process closes its pipe
+
+
+def torch_job(path: str) -> None:
+    import torch
+
+    from aevis_core.models import load_model
+
+    e = load_model("cifar-resnet20")
+    e.model(torch.rand(8, 3, 32, 32))
+    Path(path).write_text(str(torch.get_num_threads()))
+
+
+def test_jobs_use_torch_after_this_thread_did(tmp_path):
+    """libgomp keeps its pool per thread: a launcher forked from a thread that ran torch would hang."""
+    import torch
+
+    from aevis_core.models import load_model
+
+    load_model("cifar-resnet20").model(torch.rand(64, 3, 32, 32))  # the OpenMP pool of this thread exists
+    launcher = JobLauncher({"t": torch_job})
+    try:
+        launcher.start("t", (str(tmp_path / "t"),))
+        assert int(wait_file(tmp_path / "t", timeout=60)) == torch.get_num_threads()
+    finally:
+        launcher.close()
