@@ -12,7 +12,8 @@ Failure reporting on top of Dash's manager:
 * a running task writes a heartbeat key every ``AEVIS_HEARTBEAT_S`` seconds (default 5, expiring
   after three periods); a task still marked STARTED whose heartbeat expired - its whole worker
   was killed - is reported failed instead of waiting forever;
-* a task still queued shows "waiting for a worker" as its progress, and fails after the time limit.
+* a task still queued shows "waiting for a worker" as its progress; it fails when no worker
+  answers a ping (checked at most every 5 s), or after the time limit.
 
 The result cache (``AEVIS_CACHE_DIR``) stays a diskcache folder: workers on other machines need
 it on shared storage.
@@ -38,6 +39,7 @@ from app.manager import DAY, error_record, timed_out_message, unique_key
 log = logging.getLogger(__name__)
 LOST = "the Celery worker running the job stopped (killed or lost); press the button again to retry"
 QUEUED = "queued: waiting for a Celery worker"
+NO_WORKER = "no Celery worker is running (start one: celery -A app.worker worker); press the button again to retry"
 
 
 def heartbeat_period() -> float:
@@ -150,9 +152,22 @@ class ReportingCeleryManager(CeleryManager):  # type: ignore[misc]
             first = self._kv.set(f"aevis-silent-{job}", str(time.time()), nx=True, ex=DAY)
             silent_since = time.time() if first else float(self._kv.get(f"aevis-silent-{job}") or time.time())
             return LOST if time.time() - silent_since > 3 * heartbeat_period() else None
-        if status == "PENDING" and self._waited(job) > self.job_timeout:
-            return f"no Celery worker took the job within {self.job_timeout:g} s; is a worker running?"
+        if status == "PENDING":
+            waited = self._waited(job)
+            if waited > self.job_timeout:
+                return f"no Celery worker took the job within {self.job_timeout:g} s; is a worker running?"
+            if waited > 2 * heartbeat_period() and not self.workers_alive():
+                return NO_WORKER
         return None
+
+    def workers_alive(self) -> bool:
+        """Does any Celery worker answer a ping? (cached in Redis for a few seconds)"""
+        cached = self._kv.get("aevis-workers-alive")
+        if cached is not None:
+            return bool(cached == b"1")
+        alive = bool(self.handle.control.ping(timeout=1.0))
+        self._kv.set("aevis-workers-alive", "1" if alive else "0", ex=5)
+        return alive
 
     def get_result(self, key: Any, job: Any) -> Any:
         """The job's result, or an error record when it failed, was lost or timed out."""

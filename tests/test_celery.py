@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from app.celery_jobs import LOST
+from app.celery_jobs import LOST, NO_WORKER
 from app.config import AppConfig
 from app.dash_client import DashClient
 from tests.services import Worker, redis_server, serve, worker_env
@@ -84,16 +84,17 @@ def test_celery_results_identical_to_diskcache(celery_setup, tmp_path):
     assert a.divergence.to_dict() == b.divergence.to_dict()
 
 
-def wait_for_heartbeat(redis_url: str, timeout: float = 60) -> None:
+def wait_for_heartbeat(redis_url: str, timeout: float = 60, gone: bool = False) -> None:
+    """Until a job's heartbeat key exists (``gone``: until none does)."""
     import redis
 
     r = redis.Redis.from_url(redis_url)
     end = time.time() + timeout
     while time.time() < end:
-        if r.keys("aevis-heartbeat-*"):
+        if bool(r.keys("aevis-heartbeat-*")) != gone:
             return
         time.sleep(0.1)
-    raise AssertionError("no job started")
+    raise AssertionError("no job started" if not gone else "heartbeat still there")
 
 
 def test_killed_worker_is_reported_and_retry_works(celery_setup):
@@ -116,13 +117,17 @@ def test_killed_worker_is_reported_and_retry_works(celery_setup):
         assert out["generate-error"]["children"] == LOST and "pool-key" not in out
         # 2. the whole worker is killed (nothing left to report): the heartbeat expires
         workers[0].wait_for("ready", 5)
+        wait_for_heartbeat(cfg.redis_url, gone=True)  # the killed job's key has expired
         job = ex.submit(generate, c, pool_key, "cw", 200)
         wait_for_heartbeat(cfg.redis_url)
         workers[0].kill()
         t = time.time()
         out = job.result(timeout=90)
         assert out["generate-error"]["children"] == LOST and time.time() - t < 30
-    # 3. a new worker: the retry works
+        # 3. no worker at all: a queued job is reported, not left waiting
+        out = generate(c, pool_key, "fgsm", 1)
+        assert out["generate-error"]["children"] == NO_WORKER
+    # 4. a new worker: the retry works
     workers.append(Worker(env, d / "worker-2.log", "w2"))
     out = generate(c, pool_key, "fgsm", 1)
     assert out["generate-error"]["children"] == "" and out["pool-key"]["data"] not in (None, pool_key)
