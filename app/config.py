@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class AppConfig:
     job_launcher: bool = True
 
     @classmethod
-    def from_env(cls, **overrides: object) -> AppConfig:
+    def from_env(cls, **overrides: Any) -> AppConfig:
         """Defaults, then environment variables, then explicit overrides (CLI flags)."""
         env = os.environ
         cfg = cls(

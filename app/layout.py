@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dash_cytoscape as cyto
 from dash import dcc, html
 
 from app.config import AppConfig
 
-GRAPH_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "svg"}}
+GRAPH_CONFIG: Any = {"displaylogo": False, "toImageButtonOptions": {"format": "svg"}}
 
 
 def _progress(prefix: str) -> html.Div:

@@ -108,7 +108,7 @@ METHOD_LABELS = {"qp": "datapath (QP)", "gradxact_topk": "grad × act top-k", "a
 
 def faithfulness_figure(table: dict[str, object], title: str) -> go.Figure:
     """Preserved top-1 fraction vs number of kept maps, one line per method."""
-    rows = [r for r in table["rows"] if r["fill"] == "zero"]  # type: ignore[index, union-attr]
+    rows = [r for r in table["rows"] if r["fill"] == "zero"]  # type: ignore[index, union-attr, attr-defined]
     fig = go.Figure()
     for method, label in METHOD_LABELS.items():
         pts = sorted((r["k"], r["preserved"]) for r in rows if r["method"] == method)
