@@ -153,3 +153,16 @@ def test_worker_abort_ends_its_job_processes():
 
     time.sleep(0.2)
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
+
+
+def test_hash_password_cli_output_works_as_a_users_file_line(tmp_path):
+    from app.security import check_password, parse_users
+
+    exe = [sys.executable, "-m", "app.cli", "hash-password", "carol"]
+    p = subprocess.run(exe, input="s3cret pass\n", capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    users = parse_users(p.stdout, "stdout")
+    assert list(users) == ["carol"] and users["carol"].startswith("scrypt:")
+    assert check_password(users["carol"], "s3cret pass") and not check_password(users["carol"], "s3cret")
+    empty = subprocess.run(exe, input="\n", capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 2 and "empty password" in empty.stderr
