@@ -102,6 +102,7 @@ def run_analysis(set_progress: SetProgress, res: Resources, groups: dict[str, li
     jr = job_resources(res)
     hit = res.cached(analysis_key(jr.entry, pool, groups))  # before the layer graph is built
     if isinstance(hit, Analysis):
+        log.info("analysis %s loaded from the cache", hit.key[:32])
         return hit
     result = analyze(jr.entry, jr.graph, pool, groups, cache=res.cache, progress=progress_reporter(set_progress))
     if res.cache.get(result.key) is None:

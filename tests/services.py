@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from app.config import AppConfig
+from app.dash_client import DashClient
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -123,3 +124,32 @@ def serve(cfg: AppConfig) -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join(timeout=10)
+
+
+def run_demo(url: str, auth: tuple[str, str] | None = None, keepalive: bool = True) -> tuple[str, str, dict]:
+    """Pool + Analyze of the first preset through HTTP; (pool key, analysis key, summary).
+
+    ``keepalive=False``: a new connection per request, so several server workers share the polls.
+    """
+    c = DashClient(url, auth=auth, poll_s=0.25, job_timeout=240)
+    if not keepalive:
+        c.session.headers["Connection"] = "close"
+    c.load()
+    out = c.call([("pool-key", "data"), ("pool-error", "children")],
+                 [("url", "pathname", "/"), ("image-set", "value", "demo")], changed=[])
+    pool_key = out["pool-key"]["data"]
+    assert pool_key, out
+    presets = c.call([("model-info", "children"), ("filter-class", "options"), ("preset", "options"),
+                      ("gen-source", "options")], [("pool-key", "data", pool_key)])["preset"]["options"]
+    preset = presets[0]["value"]
+    groups = c.call([("groups", "data")], [
+        ("add-group", "n_clicks", 0), ("preset", "value", preset), ("compare-predicted", "n_clicks", 0),
+        ("clear-groups", "n_clicks", 0), [],
+    ], [("group-name", "value", None), ("selection", "data", []), ("groups", "data", {}),
+        ("pool-key", "data", pool_key)], changed="preset.value")["groups"]["data"]
+    out = c.call([("analysis-key", "data"), ("analyze-error", "children")], [("analyze", "n_clicks", 1)],
+                 [("groups", "data", groups), ("pool-key", "data", pool_key)])
+    assert out["analyze-error"]["children"] == "", out
+    key = out["analysis-key"]["data"]
+    summary = c.call([("analysis-summary", "children")], [("analysis-key", "data", key)])
+    return pool_key, key, summary

@@ -10,34 +10,11 @@ import pytest
 from app.celery_jobs import LOST, NO_WORKER
 from app.config import AppConfig
 from app.dash_client import DashClient
-from tests.services import Worker, redis_server, serve, worker_env
+from tests.services import Worker, redis_server, run_demo, serve, worker_env
 
 pytestmark = pytest.mark.slow
 POOL = [("pool-key", "data"), ("pool-error", "children")]
-ANALYZE = [("analysis-key", "data"), ("analyze-error", "children")]
 GENERATE = [("pool-key", "data"), ("generate-error", "children")]
-
-
-def run_demo(url: str) -> tuple[str, str, dict]:
-    """Pool + Analyze of the first preset through HTTP; (pool key, analysis key, summary)."""
-    c = DashClient(url, poll_s=0.25, job_timeout=240)
-    c.load()
-    out = c.call(POOL, [("url", "pathname", "/"), ("image-set", "value", "demo")], changed=[])
-    pool_key = out["pool-key"]["data"]
-    assert pool_key, out
-    presets = c.call([("model-info", "children"), ("filter-class", "options"), ("preset", "options"),
-                      ("gen-source", "options")], [("pool-key", "data", pool_key)])["preset"]["options"]
-    preset = presets[0]["value"]
-    groups = c.call([("groups", "data")], [
-        ("add-group", "n_clicks", 0), ("preset", "value", preset), ("compare-predicted", "n_clicks", 0),
-        ("clear-groups", "n_clicks", 0), [],
-    ], [("group-name", "value", None), ("selection", "data", []), ("groups", "data", {}),
-        ("pool-key", "data", pool_key)], changed="preset.value")["groups"]["data"]
-    out = c.call(ANALYZE, [("analyze", "n_clicks", 1)], [("groups", "data", groups), ("pool-key", "data", pool_key)])
-    assert out["analyze-error"]["children"] == "", out
-    key = out["analysis-key"]["data"]
-    summary = c.call([("analysis-summary", "children")], [("analysis-key", "data", key)])
-    return pool_key, key, summary
 
 
 def generate(c: DashClient, pool_key: str, method: str, steps: int) -> dict:
