@@ -36,17 +36,20 @@ class Gunicorn:
                                      cwd=ROOT, env=env, stdout=self.out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         end = time.time() + 90
-        while time.time() < end:
+        while time.time() < end and self.proc.poll() is None:
             try:
                 if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
                     return
             except requests.RequestException:  # not listening yet, or workers still booting
                 pass
-            assert self.proc.poll() is None, log.read_text()[-3000:]
             time.sleep(0.2)
+        self.stop()  # never leave a server behind
         raise AssertionError(f"gunicorn did not start:\n{log.read_text()[-3000:]}")
 
     def stop(self) -> None:
+        if self.proc.poll() is not None:
+            self.out.close()
+            return
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=40)
