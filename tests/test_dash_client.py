@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from app.dash_client import (
     parse_output_string,
     stringify_id,
 )
+from tests.services import serve
 
 
 def test_output_strings_round_trip() -> None:
@@ -38,21 +38,11 @@ def test_parse_config() -> None:
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from werkzeug.serving import make_server
-
     from app.config import AppConfig
-    from app.factory import create_app
 
     cache = Path(tmp_path_factory.mktemp("dash-client")) / "cache"
-    app = create_app(AppConfig(model="cifar-resnet20", cache_dir=cache, max_images=20))
-    server = make_server("127.0.0.1", 0, app.server, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
+    with serve(AppConfig(model="cifar-resnet20", cache_dir=cache, max_images=20)) as url:
+        yield url
 
 
 def text_of(children: Any) -> str:
