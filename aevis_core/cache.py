@@ -82,6 +82,14 @@ class ResultCache:
             log.warning("could not read %s from the cache: %s", key[:24], exc)
             return None
 
+    def has(self, key: str) -> bool:
+        """Whether ``key`` is stored (without reading its value; False when the cache is unreadable)."""
+        try:
+            return key in self.cache
+        except CACHE_ERRORS as exc:
+            log.warning("could not read %s from the cache: %s", key[:24], exc)
+            return False
+
     def put(self, key: str, value: Any) -> bool:
         """Store ``value``; False (reason in :attr:`write_error`, logged) when the disk refuses."""
         try:

@@ -14,7 +14,7 @@ from typing import Any
 from aevis_core.analysis import Analysis, analysis_key, analyze
 from aevis_core.errors import AEVisError
 from aevis_core.models import default_device
-from aevis_core.pool import build_pool
+from aevis_core.pool import Pool, build_pool
 from app.resources import Resources
 
 log = logging.getLogger(__name__)
@@ -38,16 +38,23 @@ def progress_reporter(set_progress: SetProgress) -> Callable[[int, int, str], No
 def prepare_pool(set_progress: SetProgress, res: Resources, set_id: str | None = None) -> str:
     """Key of the pool of an image set (default: demo/configured) with the default attack:
     load it from the cache, or build it (attack + predictions + scores)."""
-    key = res.pool_key() if not set_id or set_id == "demo" else res.pool_key(set_id=set_id)
-    if res.pool(key) is not None:
-        return key
     report = progress_reporter(set_progress)
-    report(0, 1, "loading model and images (or waiting for another job preparing them)")
-    with res.cache.computing(key):
-        if res.pool(key) is None:
-            jr = job_resources(res)
-            images = res.image_set(set_id)
-            store(res, key, build_pool(jr.entry, images, jr.attack_config(), progress=report))
+
+    def build() -> Pool:
+        report(0, 1, "loading model and images (or waiting for another job preparing them)")
+        jr = job_resources(res)
+        return build_pool(jr.entry, res.image_set(set_id), jr.attack_config(), progress=report)
+
+    return pool_once(res, res.pool_key(set_id=set_id), build)
+
+
+def pool_once(res: Resources, key: str, build: Callable[[], Pool]) -> str:
+    """``key``, after building and storing its pool unless cached; one builder per key at a time
+    (a second job for the same pool waits for the first, then reads its result)."""
+    if res.pool(key) is None:
+        with res.cache.computing(key):
+            if res.pool(key) is None:
+                store(res, key, build())
     return key
 
 
@@ -71,22 +78,20 @@ def generate_pool(set_progress: SetProgress, res: Resources, method: str, eps: s
 
     cfg = validate_config(AttackConfig(method=method or "mifgsm", eps=parse_eps(eps or "4/255"),
                                        steps=int(steps or 10)))
-    jr = job_resources(res)
-    src = None
-    if source and source != res.config.model:
-        if source not in ZOO:
-            raise AEVisError(f"unknown source model {source!r}")
-        src = load_model(source, device=next(jr.entry.model.parameters()).device)
-        if src.input_size != jr.entry.input_size or src.num_classes != jr.entry.num_classes:
-            raise AEVisError(f"{source} does not take the same images and classes as {res.config.model}")
-    key = res.pool_key(cfg, source if src is not None else None, set_id)
-    if res.pool(key) is not None:
-        return key
-    report = progress_reporter(set_progress)
-    with res.cache.computing(key):
-        if res.pool(key) is None:
-            store(res, key, build_pool(jr.entry, res.image_set(set_id), cfg, progress=report, source=src))
-    return key
+    src_name = source if source and source != res.config.model else None
+    if src_name is not None and src_name not in ZOO:
+        raise AEVisError(f"unknown source model {source!r}")
+
+    def build() -> Pool:
+        jr = job_resources(res)
+        src = None
+        if src_name is not None:
+            src = load_model(src_name, device=next(jr.entry.model.parameters()).device)
+            if src.input_size != jr.entry.input_size or src.num_classes != jr.entry.num_classes:
+                raise AEVisError(f"{src_name} does not take the same images and classes as {res.config.model}")
+        return build_pool(jr.entry, res.image_set(set_id), cfg, progress=progress_reporter(set_progress), source=src)
+
+    return pool_once(res, res.pool_key(cfg, src_name, set_id), build)
 
 
 def run_analysis(set_progress: SetProgress, res: Resources, groups: dict[str, list[str]],
@@ -105,7 +110,7 @@ def run_analysis(set_progress: SetProgress, res: Resources, groups: dict[str, li
         log.info("analysis %s loaded from the cache", hit.key[:32])
         return hit
     result = analyze(jr.entry, jr.graph, pool, groups, cache=res.cache, progress=progress_reporter(set_progress))
-    if res.cache.get(result.key) is None:
+    if not res.cache.has(result.key):
         raise AEVisError(cache_write_message(res))
     return result
 

@@ -6,9 +6,11 @@ process) and loads each thing once, under a lock; callbacks only read from it.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -34,21 +36,26 @@ class Resources:
         self._lock = threading.RLock()
         self._recent: OrderedDict[str, Any] = OrderedDict()  # content-addressed, so never stale
 
-    def cached(self, key: str | None, max_items: int = 6) -> Any:
-        """A result-cache value, memoised in this process (keys are content hashes: immutable)."""
-        if not key:
-            return None
+    def _memo(self, key: str, compute: Callable[[], Any], max_items: int = 8) -> Any:
+        """``compute()`` once per key in this process (LRU of ``max_items``; None is not kept).
+
+        Keys name immutable things (content hashes, upload ids), so an entry is never stale.
+        """
         with self._lock:
             if key in self._recent:
                 self._recent.move_to_end(key)
                 return self._recent[key]
-        value = self.cache.get(key)
+        value = compute()
         if value is not None:
             with self._lock:
                 self._recent[key] = value
                 while len(self._recent) > max_items:
                     self._recent.popitem(last=False)
         return value
+
+    def cached(self, key: str | None) -> Any:
+        """A result-cache value, memoised in this process (keys are content hashes: immutable)."""
+        return self._memo(key, lambda: self.cache.get(key)) if key else None
 
     @cached_property
     def entry(self) -> ModelEntry:
@@ -87,17 +94,12 @@ class Resources:
             return self.images
         from app.uploads import load_upload
 
-        key = f"upload-set:{set_id}"
-        with self._lock:
-            if key in self._recent:
-                value: ImageSet = self._recent[key]
-                return value
-        s = load_upload(self.config, set_id, self.entry.dataset)
-        if len(s) > self.config.max_images:
-            s = s.subset(range(self.config.max_images))
-        with self._lock:
-            self._recent[key] = s
-        return s
+        def load() -> ImageSet:
+            s = load_upload(self.config, set_id, self.entry.dataset)
+            return s.subset(range(self.config.max_images)) if len(s) > self.config.max_images else s
+
+        value: ImageSet = self._memo(f"upload-set:{set_id}", load)
+        return value
 
     def attack_config(self) -> AttackConfig:
         """MI-FGSM with the configured eps (default 4/255 ImageNet, 8/255 CIFAR)."""
@@ -106,19 +108,22 @@ class Resources:
 
     def pool_key(self, attack: AttackConfig | None = None, source: str | None = None,
                  set_id: str | None = None) -> str:
-        """Cache key of a pool (model, images, attack, model the attack was crafted on)."""
-        x = self.entry.preprocess_many(self.image_set(set_id).images)
+        """Cache key of a pool (model, images, attack, model the attack was crafted on); memoised,
+        since it hashes every preprocessed image of the set."""
         cfg = attack or self.attack_config()
-        return content_key("pool/v1", self.entry.model_id, x, cfg.to_dict(), source)
+
+        def compute() -> str:
+            x = self.entry.preprocess_many(self.image_set(set_id).images)
+            return content_key("pool/v1", self.entry.model_id, x, cfg.to_dict(), source)
+
+        key: str = self._memo(f"pool-key:{set_id or 'demo'}:{json.dumps(cfg.to_dict(), sort_keys=True)}:{source}",
+                              compute)
+        return key
 
     def pool(self, key: str | None = None) -> Pool | None:
         """A prepared pool from the cache (the default one when ``key`` is None), else None."""
-        value = self.cached(key or self._pool_key_cached)
+        value = self.cached(key or self.pool_key())
         return value if isinstance(value, Pool) else None
-
-    @cached_property
-    def _pool_key_cached(self) -> str:
-        return self.pool_key()
 
     def job_device(self) -> str:
         """Device for heavy jobs: CUDA when present (the web process itself stays on CPU)."""
