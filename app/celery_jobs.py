@@ -34,7 +34,7 @@ from celery import Celery
 from dash import CeleryManager
 
 from app.config import AppConfig
-from app.manager import DAY, error_record, timed_out_message, unique_key
+from app.manager import DAY, PerRequestKeys, error_record, timed_out_message
 
 log = logging.getLogger(__name__)
 LOST = "the Celery worker running the job stopped (killed or lost); press the button again to retry"
@@ -80,13 +80,14 @@ def with_heartbeat(fn: Callable[..., Any], backend: Any) -> Callable[..., Any]:
         stop = threading.Event()
 
         def beat() -> None:
-            while True:
-                backend.client.set(_heartbeat_key(task_id), "1", px=int(3 * period * 1000))
-                if stop.wait(period):
-                    return
+            backend.client.set(_heartbeat_key(task_id), "1", px=int(3 * period * 1000))
 
-        backend.client.set(_heartbeat_key(task_id), "1", px=int(3 * period * 1000))
-        t = threading.Thread(target=beat, name="aevis-heartbeat", daemon=True)
+        def beating() -> None:
+            while not stop.wait(period):
+                beat()
+
+        beat()  # before the task's work starts
+        t = threading.Thread(target=beating, name="aevis-heartbeat", daemon=True)
         t.start()
         try:
             return fn(*args, **kwargs)
@@ -98,7 +99,7 @@ def with_heartbeat(fn: Callable[..., Any], backend: Any) -> Callable[..., Any]:
     return run
 
 
-class ReportingCeleryManager(CeleryManager):  # type: ignore[misc]
+class ReportingCeleryManager(PerRequestKeys, CeleryManager):  # type: ignore[misc]
     """CeleryManager + failed / lost / timed-out job reporting and per-request result keys."""
 
     def __init__(self, celery_app: Celery, job_timeout: float = 3600.0) -> None:
@@ -108,10 +109,6 @@ class ReportingCeleryManager(CeleryManager):  # type: ignore[misc]
     @property
     def _kv(self) -> Any:
         return self.handle.backend.client  # redis client of the result backend
-
-    def build_cache_key(self, *args: Any, **kwargs: Any) -> str:
-        """Dash's key made unique per request."""
-        return unique_key(super().build_cache_key(*args, **kwargs))
 
     def make_job_fn(self, fn: Any, progress: Any, key: Any = None) -> Any:
         """Dash's Celery task around ``fn`` with a heartbeat."""
@@ -176,7 +173,3 @@ class ReportingCeleryManager(CeleryManager):  # type: ignore[misc]
             return result
         why = self.failure(job)
         return error_record(why) if why else result
-
-    def job_running(self, job: Any) -> bool:
-        """Running (or queued) and not known to be lost."""
-        return bool(super().job_running(job)) and self.failure(job) is None

@@ -39,21 +39,21 @@ def error_record(msg: str) -> dict[str, Any]:
     return {"background_callback_error": {"msg": msg, "tb": ""}}
 
 
-def unique_key(key: str) -> str:
-    """A per-request result key (see the module docstring)."""
-    return f"{key}-{uuid.uuid4().hex[:16]}"
+class PerRequestKeys:
+    """Manager mixin: Dash's result key made unique per request (see the module docstring)."""
+
+    def build_cache_key(self, *args: Any, **kwargs: Any) -> str:
+        """Dash's key + a random suffix."""
+        key = super().build_cache_key(*args, **kwargs)  # type: ignore[misc]
+        return f"{key}-{uuid.uuid4().hex[:16]}"
 
 
-class ReportingDiskcacheManager(DiskcacheManager):  # type: ignore[misc]
+class ReportingDiskcacheManager(PerRequestKeys, DiskcacheManager):  # type: ignore[misc]
     """DiskcacheManager + dead-job and time-limit reporting (one explicit shared cache directory)."""
 
     def __init__(self, cache: Any, job_timeout: float = 3600.0) -> None:
         super().__init__(cache)
         self.job_timeout = job_timeout
-
-    def build_cache_key(self, *args: Any, **kwargs: Any) -> str:
-        """Dash's key made unique per request."""
-        return unique_key(super().build_cache_key(*args, **kwargs))
 
     def _cancel_key(self, job: Any) -> str:
         return f"aevis-cancelled-{job}"

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -101,10 +102,8 @@ def save_upload(cfg: AppConfig, contents: list[str], names: list[str]) -> Upload
         try:
             tmp.rename(folder)  # atomic: a set is complete or absent
         except OSError:  # the same set saved meanwhile by another request
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("upload %s: %d accepted, %d refused", set_id, len(images), len(rejected))
+    log.info("upload kept as image set %s", set_id)  # counts: logged by read_uploads
     return UploadReport(set_id, list(images.ids), rejected)
 
 
