@@ -83,15 +83,17 @@ def analysis_key(entry: ModelEntry, pool: Pool, groups: Mapping[str, Sequence[st
                        asdict(config or ExtractConfig()), pool.attack, eps)
 
 
-def analyze(entry: ModelEntry, graph: LayerGraph, pool: Pool, groups: Mapping[str, Sequence[str]],
+def analyze(entry: ModelEntry, graph: LayerGraph | Callable[[], LayerGraph], pool: Pool,
+            groups: Mapping[str, Sequence[str]],
             config: ExtractConfig | None = None, cache: ResultCache | None = None,
             progress: Progress | None = None, eps: float | None = None) -> Analysis:
-    """Run (or load) the analysis of ``groups`` (name -> pool item ids)."""
+    """Run (or load) the analysis of ``groups`` (name -> pool item ids); ``graph`` may be a callable
+    that builds the layer graph, so a cached analysis never builds it."""
     cfg = config or ExtractConfig()
     validate_groups(pool, groups)
     key = analysis_key(entry, pool, groups, cfg, eps)
     if cache is None:
-        return _compute_analysis(key, entry, graph, pool, groups, cfg, None, progress, eps)
+        return _compute_analysis(key, entry, _graph(graph), pool, groups, cfg, None, progress, eps)
     hit = cache.get(key)
     if isinstance(hit, Analysis):
         log.info("analysis %s loaded from the cache", key[:32])
@@ -102,9 +104,14 @@ def analyze(entry: ModelEntry, graph: LayerGraph, pool: Pool, groups: Mapping[st
             log.info("analysis %s computed meanwhile by another job", key[:32])
             return hit
         log.info("computing analysis %s", key[:32])
-        result = _compute_analysis(key, entry, graph, pool, groups, cfg, cache, progress, eps)
+        result = _compute_analysis(key, entry, _graph(graph), pool, groups, cfg, cache, progress, eps)
         cache.put(key, result)
     return result
+
+
+def _graph(graph: LayerGraph | Callable[[], LayerGraph]) -> LayerGraph:
+    """The layer graph, built only now when given as a zero-argument callable."""
+    return graph if isinstance(graph, LayerGraph) else graph()
 
 
 def _compute_analysis(key: str, entry: ModelEntry, graph: LayerGraph, pool: Pool,

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from aevis_core.analysis import Analysis, analysis_key, analyze
+from aevis_core.analysis import Analysis, analyze
 from aevis_core.errors import AEVisError
 from aevis_core.models import default_device
 from aevis_core.pool import Pool, build_pool
@@ -105,11 +105,8 @@ def run_analysis(set_progress: SetProgress, res: Resources, groups: dict[str, li
         raise AEVisError(f"{total} images in the groups; the limit per analysis is "
                          f"{res.config.max_analysis_images} (AEVIS_MAX_ANALYSIS_IMAGES)")
     jr = job_resources(res)
-    hit = res.cached(analysis_key(jr.entry, pool, groups))  # before the layer graph is built
-    if isinstance(hit, Analysis):
-        log.info("analysis %s loaded from the cache", hit.key[:32])
-        return hit
-    result = analyze(jr.entry, jr.graph, pool, groups, cache=res.cache, progress=progress_reporter(set_progress))
+    result = analyze(jr.entry, lambda: jr.graph, pool, groups, cache=res.cache,  # graph built only on a miss
+                     progress=progress_reporter(set_progress))
     if not res.cache.has(result.key):
         raise AEVisError(cache_write_message(res))
     return result
