@@ -123,7 +123,9 @@ class ReportingDiskcacheManager(PerRequestKeys, DiskcacheManager):  # type: igno
         if self._enforce_timeout(job):
             return error_record(timed_out_message(self.job_timeout))
         if not self.job_running(job) and not self.handle.get(self._cancel_key(job)):
-            return error_record(DIED)
+            # the job may have stored its result and exited between the read above and this check
+            late = super().get_result(key, job)
+            return late if late is not self.UNDEFINED else error_record(DIED)
         return result
 
 

@@ -32,3 +32,21 @@ def test_error_outputs_keep_other_outputs():
 
     out = error_outputs(3, 2)(RuntimeError("An error occurred inside a background callback: boom\ntrace"))
     assert out[:2] == [no_update, no_update] and out[2] == "boom"
+
+
+def test_result_stored_just_before_the_job_exits_is_not_a_death(tmp_path, monkeypatch):
+    """Race: the first read misses, the job stores its result and exits, then the liveness check runs."""
+    m = ReportingDiskcacheManager(diskcache.Cache(str(tmp_path)))
+    real = diskcache.Cache.get
+    calls = []
+
+    def get(self, key, *a, **k):
+        calls.append(key)
+        if key == "k" and calls.count("k") == 1:  # the job finishes right after this read
+            value = real(self, key, *a, **k)
+            self.set("k", "late value")
+            return value
+        return real(self, key, *a, **k)
+
+    monkeypatch.setattr(diskcache.Cache, "get", get)
+    assert m.get_result("k", dead_pid()) == "late value"
