@@ -55,13 +55,13 @@ def redis_server(folder: Path) -> Iterator[str]:
 
 
 class Worker:
-    """``celery -A app.worker worker`` in its own process group, its log in a file."""
+    """``celery -A app.server.worker worker`` in its own process group, its log in a file."""
 
     def __init__(self, env: dict[str, str], log: Path, name: str) -> None:
         self.log = log
         self.out = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [str(BIN / "celery"), "-A", "app.worker", "worker", "--loglevel=info", "--concurrency=1",
+            [str(BIN / "celery"), "-A", "app.server.worker", "worker", "--loglevel=info", "--concurrency=1",
              "--pool=prefork", "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
             cwd=ROOT, env=env, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_for("ready.", 120)
@@ -113,7 +113,7 @@ def serve(cfg: AppConfig) -> Iterator[str]:
     """``create_app(cfg)`` on a threaded Werkzeug server on a free loopback port; yields its URL."""
     from werkzeug.serving import make_server
 
-    from app.factory import create_app
+    from app.server.factory import create_app
 
     app = create_app(cfg)
     server = make_server("127.0.0.1", 0, app.server, threaded=True)
@@ -126,6 +126,10 @@ def serve(cfg: AppConfig) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+POOL = [("pool-result", "data"), ("pool-error", "children")]
+ANALYZE = [("analysis-result", "data"), ("analyze-error", "children")]
+
+
 def run_demo(url: str, auth: tuple[str, str] | None = None, keepalive: bool = True) -> tuple[str, str, dict]:
     """Pool + Analyze of the first preset through HTTP; (pool key, analysis key, summary).
 
@@ -135,21 +139,17 @@ def run_demo(url: str, auth: tuple[str, str] | None = None, keepalive: bool = Tr
     if not keepalive:
         c.session.headers["Connection"] = "close"
     c.load()
-    out = c.call([("pool-key", "data"), ("pool-error", "children")],
-                 [("url", "pathname", "/"), ("image-set", "value", "demo")], changed=[])
-    pool_key = out["pool-key"]["data"]
-    assert pool_key, out
-    presets = c.call([("model-info", "children"), ("filter-class", "options"), ("preset", "options"),
-                      ("gen-source", "options")], [("pool-key", "data", pool_key)])["preset"]["options"]
-    preset = presets[0]["value"]
-    groups = c.call([("groups", "data")], [
-        ("add-group", "n_clicks", 0), ("preset", "value", preset), ("compare-predicted", "n_clicks", 0),
-        ("clear-groups", "n_clicks", 0), [],
-    ], [("group-name", "value", None), ("selection", "data", []), ("groups", "data", {}),
-        ("pool-key", "data", pool_key)], changed="preset.value")["groups"]["data"]
-    out = c.call([("analysis-key", "data"), ("analyze-error", "children")], [("analyze", "n_clicks", 1)],
-                 [("groups", "data", groups), ("pool-key", "data", pool_key)])
+    out = c.fire(POOL, changed=[])
+    pool = out["pool-result"]["data"]
+    assert pool and pool["pool_key"], out
+    presets = c.fire([("preset", "options")], {"pool-result.data": pool})["preset"]["options"]
+    groups = c.fire([("groups", "data"), ("groups-hint", "children")],
+                    {"preset.value": presets[0]["value"]})["groups"]["data"]
+    out = c.fire(ANALYZE, {"analyze.n_clicks": 1})
     assert out["analyze-error"]["children"] == "", out
-    key = out["analysis-key"]["data"]
-    summary = c.call([("analysis-summary", "children")], [("analysis-key", "data", key)])
-    return pool_key, key, summary
+    result = out["analysis-result"]["data"]
+    assert result["groups"] == groups
+    context = c.fire([("context", "data")], {"analysis-result.data": result})["context"]["data"]
+    assert context["analysis_key"] == result["analysis_key"]
+    summary = c.fire([("analysis-summary", "children")], {"context.data": context})
+    return pool["pool_key"], result["analysis_key"], summary

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from aevis_core.errors import AEVisError
-from app import uploads
+from app.services import uploads
 from app.config import AppConfig
 
 

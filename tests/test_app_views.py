@@ -14,12 +14,15 @@ from aevis_core.graph import build_graph, build_hierarchy
 from aevis_core.layout.segment import calendar_layout
 from aevis_core.layout.treecut import cut_mapping, tree_cut
 from aevis_core.pool import build_pool
-from app.callbacks import MAX_GROUPS, add_group, groups_view
-from app.callbacks_views import doi_of, initial_focus
-from app.views import fmap as fv
-from app.views import images as iv
-from app.views import layer as lv
-from app.views import neuron as nv
+from app.levels.fmap import figures as fv
+from app.levels.groups import presets as gp
+from app.levels.groups.callbacks import add_group
+from app.levels.groups.figures import groups_view
+from app.levels.images import figures as iv
+from app.levels.layer import figures as lv
+from app.levels.neuron import figures as nv
+from app.payloads import MAX_GROUPS
+from app.services.analyses import AnalysisService
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,7 @@ def setup(resnet20, cifar_demo):
     g = build_graph(resnet20.model, (3, 32, 32), "r20")
     s = cifar_demo.subset([i for i in range(100) if cifar_demo.labels[i] in (3, 5)])  # cats and dogs
     pool = build_pool(resnet20, s, AttackConfig(eps=8 / 255, steps=5))
-    presets = iv.presets(pool)
+    presets = gp.presets(pool)
     a = analyze(resnet20, g, pool, presets["cat: normal vs adversarial"])
     return resnet20, g, pool, a
 
@@ -48,34 +51,35 @@ def test_pool_and_filters(setup):
 
 def test_presets_and_compare_with_predicted(setup):
     _, _, pool, _ = setup
-    p = iv.presets(pool)
+    p = gp.presets(pool)
     assert set(p) == {"cat: normal vs adversarial", "dog: normal vs adversarial"}
     groups = p["cat: normal vs adversarial"]
     assert [len(v) for v in groups.values()] == [10, 10]
     adv = next(it for it in pool.items if it.kind == "adversarial" and it.pred in (3, 5) and it.pred != it.label)
-    cmp = iv.compare_with_predicted(pool, adv.id)
+    cmp = gp.compare_with_predicted(pool, adv.id)
     assert cmp is not None and list(cmp.values())[0] == [adv.id]
     assert all(pool.items[pool.index()[i]].label == adv.pred for i in list(cmp.values())[1])
-    assert iv.compare_with_predicted(pool, "nope") is None
+    assert gp.compare_with_predicted(pool, "nope") is None
 
 
 def test_add_group_limits():
     g: dict[str, list[str]] = {}
     for i in range(MAX_GROUPS + 2):
-        g = add_group(g, None, [f"img{i}"])
-    assert list(g) == ["G1", "G2", "G3", "G4"]
-    g = add_group(g, "G2", ["x", "y"])
-    assert g["G2"] == ["x", "y"] and len(groups_view(g)) == 4
+        g, hint = add_group(g, None, [f"img{i}"])
+    assert list(g) == ["G1", "G2", "G3", "G4"] and "at most 4" in hint
+    g, hint = add_group(g, "G2", ["x", "y"])
+    assert g["G2"] == ["x", "y"] and len(groups_view(g)) == 4 and hint == ""
+    assert add_group(g, "G5", [])[1].startswith("select images")
 
 
 def test_layer_view_elements_and_dot_plots(setup):
     entry, g, _, a = setup
     root = build_hierarchy(g)
-    doi = doi_of(a)
+    doi = AnalysisService.doi(a)
     cut = tree_cut(root, doi, budget=30)
     mapping = cut_mapping(cut, root)
     lay = calendar_layout(g, 1100.0, 1.0, visible=mapping, node_w=lv.NODE_W, node_h=lv.NODE_H)
-    els = lv.elements(g, root, a, lay, mapping, "similarity", initial_focus(a, doi))
+    els = lv.elements(g, root, a, lay, mapping, "similarity", max(doi, key=lambda k: (doi[k], k)))
     nodes = [e for e in els if "source" not in e["data"]]
     assert len(nodes) == len(cut) <= 30
     assert all(e["data"]["svg"].startswith("data:image/svg+xml") for e in nodes)
@@ -98,13 +102,14 @@ def test_treemap_covers_every_critical_map(setup):
     assert sorted(m for r in regions for m in r.maps) == sorted(crit)
     clusters = [r for r in rects if r.kind == "cluster"]
     assert sorted(m for r in clusters for m in r.maps) == sorted(crit)
-    fig = fv.figure(rects, "difference", "t")
+    fig = fv.figure(layer, rects, "difference", "t")
     assert len(fig.layout.shapes) >= len(regions) and len(fig.data[0].x) == len(clusters)
     assert fig.data[1].marker.cmin == -fig.data[1].marker.cmax  # symmetric scale for differences
     two = fv.panels_figure([("a", rects), ("b", rects)], "importance", "t")
     xs = two.data[0].x
     assert len(xs) == 2 * len(clusters) and max(xs) > 1 > min(xs)  # second panel to the right
-    assert {c[3] for c in two.data[0].customdata} == {"a", "b"}
+    assert {c["layer"] for c in two.data[0].customdata} == {"a", "b"}
+    assert all(set(c) == {"layer", "channel", "size", "region"} for c in two.data[0].customdata)
 
 
 def test_neuron_figures():
@@ -112,6 +117,8 @@ def test_neuron_figures():
     fig = nv.heatmap_figure(maps, {"A": ["a", "b", "c"], "B": ["d", "e"]}, "label")
     heat = [t for t in fig.data if t.type == "heatmap"]
     assert len(heat) == 5 and heat[0].zmin == -heat[0].zmax
+    one = nv.heatmap_figure({"A": maps["A"][:1], "B": maps["B"][:1]}, {"A": ["a"], "B": ["d"]}, "label")
+    assert len(one.layout.annotations) == 2 + 0 and "xaxis3" not in one.layout.to_plotly_json()  # a 2x1 grid, no empty cells
     over = nv.heatmap_figure(maps, {"A": ["a", "b", "c"], "B": ["d", "e"]}, "label",
                              images={"A": np.zeros((3, 8, 8, 3), dtype=np.uint8)})
     assert len([t for t in over.data if t.type == "image"]) == 3

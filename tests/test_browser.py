@@ -20,7 +20,7 @@ CY = "document.getElementById('layer-graph')._cyreg.cy"
 @pytest.fixture
 def app(tmp_path):
     from app.config import AppConfig
-    from app.factory import create_app
+    from app.server.factory import create_app
 
     return create_app(AppConfig(model="cifar-resnet20", cache_dir=tmp_path / "cache", max_images=40))
 

@@ -42,7 +42,7 @@ def files(tmp_path):
 
 def test_upload_mixed_files(dash_duo, tmp_path, files):
     from app.config import AppConfig
-    from app.factory import create_app
+    from app.server.factory import create_app
 
     app = create_app(AppConfig(model="cifar-resnet20", cache_dir=tmp_path / "cache", max_images=20))
     dash_duo.start_server(app)

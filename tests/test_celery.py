@@ -7,14 +7,13 @@ import time
 
 import pytest
 
-from app.celery_jobs import LOST, NO_WORKER
+from app.jobs.celery_backend import LOST, NO_WORKER
 from app.config import AppConfig
 from app.dash_client import DashClient
-from tests.services import Worker, redis_server, run_demo, serve, worker_env
+from tests.services import POOL, Worker, redis_server, run_demo, serve, worker_env
 
 pytestmark = pytest.mark.slow
-POOL = [("pool-key", "data"), ("pool-error", "children")]
-GENERATE = [("pool-key", "data"), ("generate-error", "children")]
+GENERATE = [("pool-result", "data"), ("generate-error", "children")]
 
 
 def generate(c: DashClient, pool_key: str, method: str, steps: int) -> dict:
@@ -25,12 +24,10 @@ def generate(c: DashClient, pool_key: str, method: str, steps: int) -> dict:
 
 @pytest.fixture(scope="module")
 def celery_setup(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AEVIS_HEARTBEAT_S", "1")  # web side: a lost worker is noticed after ~6 s
     d = tmp_path_factory.mktemp("celery")
     with redis_server(d) as redis_url:
         cfg = AppConfig(model="cifar-resnet20", cache_dir=d / "cache", max_images=20, job_backend="celery",
-                        redis_url=redis_url)
+                        redis_url=redis_url, heartbeat_s=1.0)  # web side: a lost worker is noticed after ~6 s
         env = worker_env(cfg, AEVIS_HEARTBEAT_S="1")
         workers = [Worker(env, d / "worker-1.log", "w1")]
         try:
@@ -39,7 +36,6 @@ def celery_setup(tmp_path_factory):
         finally:
             for w in workers:
                 w.stop()
-            mp.undo()
 
 
 def test_celery_results_identical_to_diskcache(celery_setup, tmp_path):
@@ -80,7 +76,8 @@ def test_killed_worker_is_reported_and_retry_works(celery_setup):
     url, cfg, env, d, workers = celery_setup
     c = DashClient(url, poll_s=0.25, job_timeout=120)
     c.load()
-    pool_key = c.call(POOL, [("url", "pathname", "/"), ("image-set", "value", "demo")], changed=[])["pool-key"]["data"]
+    pool_key = c.call(POOL, [("url", "pathname", "/"), ("image-set", "value", "demo")],
+                      changed=[])["pool-result"]["data"]["pool_key"]
     with cf.ThreadPoolExecutor(1) as ex:
         # 1. the pool process running the job is killed: Celery marks it WorkerLostError
         job = ex.submit(generate, c, pool_key, "cw", 200)
@@ -91,7 +88,7 @@ def test_killed_worker_is_reported_and_retry_works(celery_setup):
 
             os.kill(pid, signal.SIGKILL)
         out = job.result(timeout=90)
-        assert out["generate-error"]["children"] == LOST and "pool-key" not in out
+        assert out["generate-error"]["children"] == LOST and "pool-result" not in out
         # 2. the whole worker is killed (nothing left to report): the heartbeat expires
         workers[0].wait_for("ready", 5)
         wait_for_heartbeat(cfg.redis_url, gone=True)  # the killed job's key has expired
@@ -107,7 +104,8 @@ def test_killed_worker_is_reported_and_retry_works(celery_setup):
     # 4. a new worker: the retry works
     workers.append(Worker(env, d / "worker-2.log", "w2"))
     out = generate(c, pool_key, "fgsm", 1)
-    assert out["generate-error"]["children"] == "" and out["pool-key"]["data"] not in (None, pool_key)
-    info = c.call([("model-info", "children"), ("filter-class", "options"), ("preset", "options"),
-                   ("gen-source", "options")], [("pool-key", "data", out["pool-key"]["data"])])
+    new = out["pool-result"]["data"]
+    assert out["generate-error"]["children"] == "" and new["pool_key"] not in (None, pool_key)
+    info = c.call([("model-info", "children"), ("filter-class", "options"), ("gen-source", "options")],
+                  [("pool-result", "data", new), ("image-set", "value", "demo")])
     assert "20 FGSM twins" in info["model-info"]["children"]

@@ -17,7 +17,7 @@ from app.dash_client import (
     parse_output_string,
     stringify_id,
 )
-from tests.services import serve
+from tests.services import ANALYZE, POOL, serve
 
 
 def test_output_strings_round_trip() -> None:
@@ -57,32 +57,35 @@ def test_pool_analyze_and_views_over_http(base_url: str) -> None:
     assert client.end_id and "~" in client.end_id  # signed page-load token
     assert config["requests_pathname_prefix"] == "/"
     assert client.props["stat"]["value"] == "similarity"  # layout indexed: the page state
-    pool_dep = client.callback_for([("pool-key", "data"), ("pool-error", "children")])
+    pool_dep = client.callback_for(POOL)
     assert pool_dep is not None and pool_dep["background"]
 
     # Background callback, initial call (no changed prop): polled until the pool is ready.
-    out = client.fire([("pool-key", "data"), ("pool-error", "children")], changed=[])
-    pool_key = out["pool-key"]["data"]
-    assert pool_key and out["pool-error"]["children"] == "", out
-    assert client.props["pool-key"]["data"] == pool_key  # answers update the page state
+    out = client.fire(POOL, changed=[])
+    pool = out["pool-result"]["data"]
+    assert pool["set_id"] == "demo" and pool["pool_key"] and out["pool-error"]["children"] == "", out
+    assert client.props["pool-result"]["data"] == pool  # answers update the page state
 
-    out = client.fire([("model-info", "children"), ("filter-class", "options"), ("preset", "options"),
-                       ("gen-source", "options")], changed=["pool-key.data"])
+    out = client.fire([("model-info", "children"), ("filter-class", "options"), ("gen-source", "options")],
+                      changed=["pool-result.data"])
     assert "20 images + 20" in out["model-info"]["children"]
+    out = client.fire([("preset", "options")], changed=["pool-result.data"])
     presets = [o["value"] for o in out["preset"]["options"]]
     preset = "cat: normal vs adversarial" if "cat: normal vs adversarial" in presets else presets[0]
 
     # A plain callback with an ALL wildcard input (no remove buttons on the page: an empty list).
-    groups = client.fire([("groups", "data")], {"preset.value": preset})["groups"]["data"]
+    groups = client.fire([("groups", "data"), ("groups-hint", "children")], {"preset.value": preset})["groups"]["data"]
     assert len(groups) == 2 and all(groups.values())
 
-    out = client.fire([("analysis-key", "data"), ("analyze-error", "children")], {"analyze.n_clicks": 1})
+    out = client.fire(ANALYZE, {"analyze.n_clicks": 1})
     assert out["analyze-error"]["children"] == "", out
-    analysis_key = out["analysis-key"]["data"]
-    assert analysis_key
+    result = out["analysis-result"]["data"]
+    assert result["analysis_key"] and result["pool_key"] == pool["pool_key"] and result["groups"] == groups
 
     # call(): explicit inputs, as the renderer sends them.
-    out = client.call([("analysis-summary", "children")], [("analysis-key", "data", analysis_key)])
+    context = {"set_id": "demo", "pool_key": pool["pool_key"], "groups": groups,
+               "analysis_key": result["analysis_key"], "title": "t"}
+    out = client.call([("analysis-summary", "children")], [("context", "data", context)])
     assert "diverging point" in text_of(out["analysis-summary"]["children"])
 
     # PreventUpdate answers 204 -> {}.
@@ -97,7 +100,7 @@ def test_handles_are_bound_to_the_page_load(base_url: str) -> None:
     a.load()
     b.load()
     assert a.end_id != b.end_id
-    outputs = [("pool-key", "data"), ("pool-error", "children")]
+    outputs = POOL
     dep = a.callback_for(outputs)
     assert dep is not None
     body = a.body(outputs, [(d["id"], d["property"], None) for d in dep["inputs"]], changed=[])
@@ -108,4 +111,4 @@ def test_handles_are_bound_to_the_page_load(base_url: str) -> None:
     assert replay == {}
     # a's own handles work: let its job finish (no job process left behind).
     done = a._poll(body, [("endId", a.end_id)], first, 120)
-    assert a._result(done, body["output"])["pool-key"]["data"]
+    assert a._result(done, body["output"])["pool-result"]["data"]["pool_key"]

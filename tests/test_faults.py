@@ -15,38 +15,42 @@ import pytest
 
 from aevis_core.errors import AEVisError
 from app.config import AppConfig
-from app.manager import ReportingDiskcacheManager, timed_out_message
+from app.jobs.manager import ReportingDiskcacheManager, timed_out_message
 
 pytestmark = pytest.mark.slow
 
 
-def no_progress(_value) -> None:
+def make_services(cache_dir: Path):
+    from app.services import Services
+
+    return Services.create(AppConfig(model="cifar-resnet20", cache_dir=cache_dir, max_images=20))
+
+
+def no_report(_d: int, _t: int, _s: str) -> None:
     pass
 
 
-def make_resources(cache_dir: Path):
-    from app.resources import Resources
-
-    return Resources(AppConfig(model="cifar-resnet20", cache_dir=cache_dir, max_images=20))
+def pool_key(svc) -> str:
+    return svc.pools.prepare("demo", no_report)
 
 
-def cat_groups(res) -> dict[str, list[str]]:
-    from app.views import images as iv
+def cat_groups(svc) -> dict[str, list[str]]:
+    from app.levels.groups.presets import presets
 
-    presets = iv.presets(res.pool())
-    return presets[sorted(presets)[0]]
+    found = presets(svc.pools.get(pool_key(svc)))
+    return found[sorted(found)[0]]
+
+
+def analyze(svc, groups):
+    return svc.analyses.run(groups, pool_key(svc), no_report)
 
 
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory):
     """A cache folder with the pool of 20 CIFAR images and one analysis (computed once)."""
-    from app import jobs
-
     cache_dir = tmp_path_factory.mktemp("warm")
-    res = make_resources(cache_dir)
-    jobs.prepare_pool(no_progress, res)
-    analysis = jobs.run_analysis(no_progress, res, cat_groups(res))
-    return cache_dir, analysis
+    svc = make_services(cache_dir)
+    return cache_dir, analyze(svc, cat_groups(svc))
 
 
 def forbid_compute(monkeypatch):
@@ -56,40 +60,34 @@ def forbid_compute(monkeypatch):
         raise AssertionError("recomputed")
 
     monkeypatch.setattr(an, "_compute_analysis", boom)
-    monkeypatch.setattr("app.jobs.build_pool", boom)
+    monkeypatch.setattr("app.services.pools.build_pool", boom)
 
 
 def test_restart_loads_analysis_from_cache_without_recomputing(warm, monkeypatch):
-    from app import jobs
-
     cache_dir, first = warm
     forbid_compute(monkeypatch)
-    res = make_resources(cache_dir)  # a new process's resources: nothing in memory
-    key = jobs.prepare_pool(no_progress, res)
-    again = jobs.run_analysis(no_progress, res, cat_groups(res), key)
+    svc = make_services(cache_dir)  # a new process's services: nothing in memory
+    again = analyze(svc, cat_groups(svc))
     assert again.key == first.key and list(again.datapaths) == list(first.datapaths)
     for name, dp in first.datapaths.items():
         assert again.datapaths[name].layers.keys() == dp.layers.keys()
 
 
 def test_full_cache_gives_a_clear_message_and_keeps_serving(warm, monkeypatch, tmp_path):
-    from app import jobs
-
     cache_dir, first = warm
-    res = make_resources(cache_dir)
-    res.pool()  # what is already cached keeps working
+    svc = make_services(cache_dir)
+    groups = cat_groups(svc)  # what is already cached keeps working
 
     def full(*_a, **_k):
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(res.cache.cache, "set", full)
-    groups = cat_groups(res)
+    monkeypatch.setattr(svc.store.cache.cache, "set", full)
     groups = {k: v[:3] for k, v in groups.items()}  # a new analysis: must be stored
     with pytest.raises(AEVisError) as err:
-        jobs.run_analysis(no_progress, res, groups)
+        analyze(svc, groups)
     msg = str(err.value)
     assert "could not be saved" in msg and "database or disk is full" in msg and "\n" not in msg
-    assert res.cached(first.key).key == first.key  # the old analysis still loads
+    assert svc.analyses.get(first.key).key == first.key  # the old analysis still loads
 
 
 def test_unreadable_cache_reads_as_a_miss(tmp_path, monkeypatch):
@@ -106,7 +104,7 @@ def test_unreadable_cache_reads_as_a_miss(tmp_path, monkeypatch):
 
 
 def test_unwritable_cache_folder_falls_back_with_a_banner(tmp_path):
-    from app.factory import create_app
+    from app.server.factory import create_app
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")
@@ -131,23 +129,19 @@ def _analyze_in_process(cache_dir: str, groups: dict[str, list[str]], counter: s
         return real(*a, **k)
 
     an._compute_analysis = counted
-    from app import jobs
-
-    res = make_resources(Path(cache_dir))
-    return jobs.run_analysis(no_progress, res, groups).key
+    return analyze(make_services(Path(cache_dir)), groups).key
 
 
 def test_two_users_same_analysis_computed_once(warm, tmp_path):
     cache_dir, _ = warm
-    res = make_resources(cache_dir)
-    groups = {k: v[:4] for k, v in cat_groups(res).items()}  # not computed yet
+    groups = {k: v[:4] for k, v in cat_groups(make_services(cache_dir)).items()}  # not computed yet
     counter = tmp_path / "count"
     ctx = multiprocessing.get_context("spawn")  # fork after torch threads may hang
     with ctx.Pool(2) as p:
         keys = p.starmap(_analyze_in_process, [(str(cache_dir), groups, str(counter))] * 2)
     assert keys[0] == keys[1]
     assert counter.read_text() == "x"  # the second job waited for the first and read its result
-    assert make_resources(cache_dir).cached(keys[0]).groups == groups
+    assert make_services(cache_dir).analyses.get(keys[0]).groups == groups
 
 
 def test_killed_lock_holder_does_not_block(tmp_path):

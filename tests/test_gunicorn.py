@@ -1,4 +1,4 @@
-"""The served app as the Procfile runs it: gunicorn with app/gunicorn_conf.py, 2 workers, basic auth.
+"""The served app as the Procfile runs it: gunicorn with app/server/gunicorn_conf.py, 2 workers, basic auth.
 
 Every request opens a new connection, so jobs are started and polled by whichever worker accepts
 it (one shared job folder); after a restart the analysis comes from the cache, not recomputed.
@@ -32,7 +32,7 @@ class Gunicorn:
                    AEVIS_DEVICE="cpu", AEVIS_USERS=f"{AUTH[0]}:{generate_password_hash(AUTH[1])}",
                    AEVIS_LOG_LEVEL="INFO", PYTHONPATH=str(ROOT))
         self.out = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "python:app.gunicorn_conf", "app.wsgi:server"],
+        self.proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "python:app.server.gunicorn_conf", "app.server.wsgi:server"],
                                      cwd=ROOT, env=env, stdout=self.out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         end = time.time() + 90

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app.launcher import JobLauncher
+from app.jobs.launcher import JobLauncher
 
 LOCK = threading.Lock()
 

@@ -7,7 +7,8 @@ import sys
 
 import diskcache
 
-from app.manager import DIED, ReportingDiskcacheManager, error_outputs
+from app.jobs.manager import DIED, ReportingDiskcacheManager
+from app.jobs.widgets import error_outputs
 
 
 def dead_pid() -> int:

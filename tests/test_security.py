@@ -25,7 +25,7 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory):
-    from app.factory import create_app
+    from app.server.factory import create_app
 
     d = tmp_path_factory.mktemp("auth")
     users = d / "users"
@@ -37,8 +37,8 @@ def secured(tmp_path_factory):
 
 def callback_body() -> dict:
     return {"output": "analysis-summary.children", "outputs": {"id": "analysis-summary", "property": "children"},
-            "inputs": [{"id": "analysis-key", "property": "data", "value": None}], "state": [],
-            "changedPropIds": ["analysis-key.data"]}
+            "inputs": [{"id": "context", "property": "data", "value": None}], "state": [],
+            "changedPropIds": ["context.data"]}
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -52,7 +52,7 @@ def test_callbacks_refuse_without_credentials(secured):
     assert r.status_code == 401
     assert secured.post("/_dash-update-component", json=callback_body(), headers=basic("alice", "x")).status_code == 401
     ok = secured.post("/_dash-update-component", json=callback_body(), headers=basic("alice", "wonderland"))
-    assert ok.status_code == 200 and ok.get_json()["response"]["analysis-summary"]["children"] == ""
+    assert ok.status_code == 200 and ok.get_json()["response"]["analysis-summary"]["children"]["props"]["children"] == ""
 
 
 @pytest.mark.parametrize("headers", [
@@ -101,8 +101,8 @@ def test_request_over_the_size_limit_is_refused_with_a_message(secured):
 
 
 def test_no_auth_by_default_and_bad_settings_fail_clearly(tmp_path, monkeypatch):
-    from app.factory import create_app
-    from app.security import load_users
+    from app.server.factory import create_app
+    from app.server.security import load_users
 
     client = create_app(AppConfig(model="cifar-resnet20", cache_dir=tmp_path / "c")).server.test_client()
     assert client.get("/").status_code == 200 and not client.application.debug
@@ -131,7 +131,7 @@ def test_gunicorn_settings_from_env(monkeypatch):
 
     monkeypatch.setenv("AEVIS_WORKERS", "3")
     monkeypatch.setenv("AEVIS_PORT", "8123")
-    import app.gunicorn_conf as conf
+    import app.server.gunicorn_conf as conf
 
     conf = importlib.reload(conf)
     assert conf.bind == "127.0.0.1:8123" and conf.workers == 3 and conf.threads == 4
@@ -145,7 +145,7 @@ def test_worker_abort_ends_its_job_processes():
             "print(' '.join(str(k.pid) for k in kids), flush=True)\n"
             "class W:\n    pid = 0\n    class log:\n        @staticmethod\n"
             "        def warning(*a): print('warned', flush=True)\n"
-            "from app.gunicorn_conf import worker_abort\nworker_abort(W())\n")
+            "from app.server.gunicorn_conf import worker_abort\nworker_abort(W())\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     pids = [int(x) for x in p.stdout.split()[:2]]
     assert "warned" in p.stdout
@@ -156,9 +156,9 @@ def test_worker_abort_ends_its_job_processes():
 
 
 def test_hash_password_cli_output_works_as_a_users_file_line(tmp_path):
-    from app.security import check_password, parse_users
+    from app.server.security import check_password, parse_users
 
-    exe = [sys.executable, "-m", "app.cli", "hash-password", "carol"]
+    exe = [sys.executable, "-m", "app.server.cli", "hash-password", "carol"]
     p = subprocess.run(exe, input="s3cret pass\n", capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     users = parse_users(p.stdout, "stdout")

@@ -1,0 +1,80 @@
+"""Images level, pure: thumbnails with labels, predictions, badges and scores; filters; class options."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from dash import html
+from PIL import Image
+
+from aevis_core.pool import Pool, PoolItem
+from app.ids import thumb_id
+
+
+def data_uri(pixels: np.ndarray, size: int = 64) -> str:
+    """(H, W, 3) uint8 -> PNG data URI, resized to ``size`` px (nearest for tiny images)."""
+    img = Image.fromarray(pixels)
+    if img.size[0] != size:
+        method = Image.Resampling.NEAREST if img.size[0] < size else Image.Resampling.BILINEAR
+        img = img.resize((size, size), method)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def filter_items(pool: Pool, cls: int | None = None, kind: str = "all", correct: str = "all",
+                 sort: str = "none") -> list[PoolItem]:
+    """Items passing the filters (class = true label or prediction), optionally sorted by score."""
+    out = []
+    for it in pool.items:
+        if cls is not None and it.label != cls and it.pred != cls:
+            continue
+        if kind != "all" and it.kind != kind:
+            continue
+        ok = it.label is not None and it.pred == it.label
+        if (correct == "correct" and not ok) or (correct == "wrong" and ok):
+            continue
+        out.append(it)
+    if sort == "score":
+        out.sort(key=lambda it: -it.score)
+    return out
+
+
+def thumb(pool: Pool, row: int, it: PoolItem, selected: bool) -> html.Div:
+    """One clickable thumbnail card."""
+    names = pool.class_names
+    true = names[it.label] if it.label is not None else "?"
+    ok = it.label is not None and it.pred == it.label
+    badge = "ADV" if it.kind == "adversarial" else "NORMAL"
+    return html.Div(
+        [
+            html.Img(src=data_uri(pool.pixels[row]), className="thumb-img"),
+            html.Div(badge, className=f"badge badge-{it.kind}"),
+            html.Div(f"true: {true}", className="thumb-line", title=true),
+            html.Div(f"pred: {names[it.pred]} ({it.prob:.2f})", className="thumb-line " + ("ok" if ok else "wrong"),
+                     title=names[it.pred]),
+            html.Div(f"adv. score {it.score:.2f}", className="thumb-line score",
+                     style={"--score": f"{it.score:.3f}"}),
+        ],
+        id=thumb_id(it.id),
+        className="thumb selected" if selected else "thumb",
+        n_clicks=0,
+        title=it.id,
+    )
+
+
+def image_list(pool: Pool, items: Sequence[PoolItem], selection: Sequence[str]) -> list[html.Div]:
+    """Thumbnail cards of ``items``."""
+    idx = pool.index()
+    sel = set(selection)
+    return [thumb(pool, idx[it.id], it, it.id in sel) for it in items]
+
+
+def class_options(pool: Pool) -> list[dict[str, Any]]:
+    """Dropdown options of the classes present (by label or prediction)."""
+    present = sorted({it.label for it in pool.items if it.label is not None} | {it.pred for it in pool.items})
+    return [{"label": pool.class_names[c], "value": c} for c in present]
