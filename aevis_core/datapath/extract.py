@@ -22,13 +22,13 @@ import torch
 from aevis_core.datapath.lowrank import solve_low_rank
 from aevis_core.datapath.qp import default_lambda
 from aevis_core.datapath.scores_pass import SCORES, batch_scores
-from aevis_core.datapath.selection import QPAccumulator, critical_set
+from aevis_core.datapath.selection import QPAccumulator, coverage_set, critical_set, rank_maps
 from aevis_core.errors import AEVisError
 from aevis_core.graph.capture import LayerCapture
 from aevis_core.graph.types import LayerGraph
 from aevis_core.models.base import ModelEntry
 
-METHODS = ("qp", "act_topk", "gradxact_topk", "random")
+METHODS = ("qp", "act_topk", "gradxact_topk", "random", "gates")
 NORMALIZE = ("none", "l1")
 LAM_MODES = ("relative", "paper")
 Progress = Callable[[int, int], None]
@@ -47,7 +47,11 @@ class ExtractConfig:
     N ≥ n, or about half when N < n (rank of Q) — see README "Faithfulness"; the relative λ with
     ρ = 0.1 gives informative critical sets. ``threshold``/``top_k``: critical set rule
     (non-QP methods default to the top ⌈10 %⌉ of the maps). ``target``: ``pred`` | ``true`` |
-    a class index.
+    a class index. ``coverage``: τ of :func:`~aevis_core.datapath.selection.coverage_set` —
+    in a layer whose total contribution Σq is positive, the set is extended along the method's
+    ranking until it explains ≥ τ of Σq (never empty there); None = the bare threshold/top-k
+    rule (ignored with an explicit ``top_k``). ``method="gates"``: learned whole-network gates
+    (:mod:`~aevis_core.datapath.gates`) with L1 weight ``sparsity`` and time budget ``budget_s``.
     """
 
     method: str = "qp"
@@ -61,6 +65,9 @@ class ExtractConfig:
     target: str | int = "pred"
     batch_size: int = 32
     seed: int = 0
+    coverage: float | None = 0.5
+    sparsity: float = 1.0
+    budget_s: float = 30.0
 
     def validate(self) -> ExtractConfig:
         """Raise :class:`AEVisError` for an unknown option; return self."""
@@ -74,6 +81,10 @@ class ExtractConfig:
             raise AEVisError(f"unknown lambda mode {self.lam_mode!r}: use relative or paper")
         if self.batch_size < 1 or (self.top_k is not None and self.top_k < 1):
             raise AEVisError("batch_size and top_k must be positive")
+        if self.coverage is not None and not 0.0 < self.coverage <= 1.0:
+            raise AEVisError(f"coverage must lie in (0, 1], got {self.coverage}")
+        if self.lam is not None and self.lam < 0:
+            raise AEVisError("lam must be >= 0")
         return self
 
 
@@ -156,8 +167,14 @@ def _select(method: str, n: int, acc: QPAccumulator, q: np.ndarray, act_sum: np.
     if method == "qp":
         lam = layer_lambda(q, n, cfg)
         # fewer images than maps: rank(Q) <= K, the Woodbury PDAS path is exact and much faster
-        res = solve_low_rank(q, lam) if acc.K == 0 and lam > 0 else acc.solve(lam)
+        # (λ = 0 with fewer images than maps: the dense solver on Q = qᵀq, which floors λ at rounding level)
+        if acc.K == 0:
+            res = solve_low_rank(q, lam) if lam > 0 else QPAccumulator().add(q).solve(lam)
+        else:
+            res = acc.solve(lam)
         crit = critical_set(res.z, cfg.threshold, cfg.top_k)
+        if cfg.coverage is not None and cfg.top_k is None:
+            crit = coverage_set(rank_maps(res.z, q_sum), q_sum, cfg.coverage, crit)
         return LayerDatapath(layer, n, res.z, crit.tolist(), res.objective, res.kkt_residual, res.lam)
     k = cfg.top_k or max(1, math.ceil(0.1 * n))
     if method == "act_topk":
@@ -168,7 +185,10 @@ def _select(method: str, n: int, acc: QPAccumulator, q: np.ndarray, act_sum: np.
         score = rng.random(n)
     lo, hi = float(score.min()), float(score.max())
     z = (score - lo) / (hi - lo) if hi > lo else np.zeros(n)
-    return LayerDatapath(layer, n, z, critical_set(score, top_k=k).tolist())
+    crit = critical_set(score, top_k=k)
+    if cfg.coverage is not None and cfg.top_k is None:
+        crit = coverage_set(rank_maps(score, q_sum), q_sum, cfg.coverage, crit)
+    return LayerDatapath(layer, n, z, crit.tolist())
 
 
 def extract_datapath(entry: ModelEntry, graph: LayerGraph, x: torch.Tensor,
@@ -182,6 +202,11 @@ def extract_datapath(entry: ModelEntry, graph: LayerGraph, x: torch.Tensor,
     each batch.
     """
     cfg = (config or ExtractConfig()).validate()
+    if cfg.method == "gates":  # learned whole-network gates (trains on top of one extraction pass)
+        from aevis_core.datapath.gates import learn_datapath
+
+        return learn_datapath(entry, graph, x, cfg, layers, labels,
+                              None if progress is None else (lambda d, t, _s: progress(d, t)))
     if x.dim() < 2 or x.shape[0] == 0:
         raise AEVisError(f"need a non-empty (N, 3, H, W) image batch (or (N, F) for MLPs), got {tuple(x.shape)}")
     layer_ids = list(layers) if layers is not None else graph.feature_layers()

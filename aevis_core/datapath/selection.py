@@ -2,7 +2,8 @@
 
 :class:`QPAccumulator` keeps ``(Q, c, Σ s², K)`` in float64 so memory is O(n²) whatever the number
 of images; :func:`critical_set` turns a solution z into map indices; :func:`brute_force_subset`
-is the exhaustive reference used by the tests.
+is the exhaustive reference used by the tests; :func:`rank_maps` orders maps and
+:func:`coverage_set` is the never-empty selection rule (a share of the layer's Σq).
 """
 
 from __future__ import annotations
@@ -155,3 +156,49 @@ def brute_force_subset(q: ArrayLike, lam: float | None = None) -> FloatArray:
     H = Q + lam_v * np.eye(n)
     vals = np.einsum("ij,jk,ik->i", Z, H, Z) - 2.0 * (Z @ c)
     return Z[int(np.argmin(vals))].copy()
+
+
+def rank_maps(primary: ArrayLike, secondary: ArrayLike | None = None) -> IntArray:
+    """(n,) map indices by ``primary`` descending, ties by ``secondary`` descending, then index."""
+    p = np.asarray(primary, dtype=np.float64).reshape(-1)
+    s = np.zeros_like(p) if secondary is None else np.asarray(secondary, dtype=np.float64).reshape(-1)
+    return np.lexsort((np.arange(p.size), -s, -p)).astype(np.intp)
+
+
+def coverage_set(order: ArrayLike, g: ArrayLike, share: float, base: ArrayLike | None = None) -> IntArray:
+    """Critical set that explains at least ``share`` of the layer's total contribution.
+
+    Rule (README "Datapath extraction", one-pair datapaths): with ``g_j = Σ_k q_kj`` the summed
+    contribution of map j over the images (gradient × activation, after the extraction's
+    normalisation) and ``G = Σ_j g_j`` the layer's total first-order contribution to the target
+    score, a layer *carries the prediction* when ``G > 0``. There the critical set is ``base``
+    (e.g. ``{z > 0.5}``) united with the shortest prefix P of ``order`` (the method's ranking,
+    most important first) with ``Σ_{j∈P} g_j ≥ share · G``. Since the whole ranking sums to
+    G ≥ share · G (0 < share ≤ 1), P exists and is never empty in such a layer; with ``order``
+    by g descending, P is the smallest set of maps reaching the share (the largest g first).
+    Layers with ``G ≤ 0`` keep ``base`` unchanged (possibly empty). ``k = |S|`` per layer is
+    reported by the datapath (``len(critical)``).
+
+    Args:
+        order: (n,) map indices, most important first (a permutation of 0..n-1).
+        g: (n,) per-map contributions Σ_k q_kj.
+        share: τ in (0, 1].
+        base: indices already selected (kept, in ranking order); ``None`` = empty.
+
+    Returns:
+        (m,) indices in ranking order.
+    """
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"share must lie in (0, 1], got {share}")
+    o = np.asarray(order, dtype=np.intp).reshape(-1)
+    ga = np.asarray(g, dtype=np.float64).reshape(-1)
+    keep = np.zeros(ga.size, dtype=bool)
+    if base is not None:
+        keep[np.asarray(base, dtype=np.intp).reshape(-1)] = True
+    total = float(ga.sum())
+    if total > 0.0:
+        cum = np.cumsum(ga[o])
+        # the first prefix reaching the share (slack for rounding in the cumulative sum)
+        reach = int(np.argmax(cum >= share * total - 1e-12 * float(np.abs(ga).sum()))) + 1
+        keep[o[:reach]] = True
+    return o[keep[o]]
