@@ -36,7 +36,8 @@ def test_gated_model_at_one_is_the_model_and_the_model_stays_unchanged(toy):
     gm = GatedModel(entry.model, g, g.feature_layers())
     with torch.no_grad():
         assert torch.equal(gm(X_TOY), entry.model(X_TOY))
-        gm.set_hard({"relu1": torch.tensor([1.0, 0.0]), **{k: torch.ones(2) for k in g.feature_layers() if k != "relu1"}})
+        masks = {k: torch.ones(2) for k in g.feature_layers()}
+        gm.set_hard({**masks, "relu1": torch.tensor([1.0, 0.0])})
         a = torch.relu(torch.stack([X_TOY[:, 0], torch.zeros_like(X_TOY[:, 0])], 1))  # relu1 with map 1 removed
         b = torch.relu(torch.stack([3 * a[:, 0], a[:, 0] + 2 * a[:, 1]], 1)).mean(dim=(2, 3))
         assert torch.allclose(gm(X_TOY), b)
@@ -87,6 +88,6 @@ def test_gates_through_extract_datapath(toy):
     dp = extract_datapath(entry, g, X_TOY, cfg)
     assert dp.config.method == "gates" and set(dp.layers) == set(g.feature_layers())
     assert dp.q["relu1"].shape == (3, 2) and dp.targets.shape == (3,)
-    for k, ld in dp.layers.items():
+    for ld in dp.layers.values():
         assert ld.z.shape == (2,) and ((ld.z >= 0) & (ld.z <= 1)).all()
         assert set(ld.critical) == {j for j in range(2) if ld.z[j] > ld.lam}
