@@ -93,7 +93,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             f"critical maps per layer{' (cached)' if hit else ''}")
         result["sets"][name] = {"ids": images.ids, **datapath_to_dict(dp)}
     if len(datapaths) > 1:
-        from aevis_core.datapath.stats import layer_stats
+        from aevis_core.datapath.similarity import layer_stats
 
         result["statistics"] = layer_stats(datapaths).to_dict()
     Path(args.out).write_text(json.dumps(result))

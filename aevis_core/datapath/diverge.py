@@ -1,104 +1,64 @@
-"""Noise control and the diverging point of adversarial datapaths (Liu et al., VAST 2018).
+"""The diverging point of adversarial datapaths, calibrated and valid from one pair (Liu et al., VAST 2018).
 
 Liu et al., "Analyzing the Noise Robustness of Deep Neural Networks" (VAST 2018) locate where an
 adversarial example's datapath departs from that of its normal source. A drop of the paired
-activation similarity s_l(i) = cos(a_l(x_i), a_l(x̃_i)) (:func:`~.stats.activation_similarity`)
-alone is not evidence of an attack: every perturbation lowers it. So the adversarial images x̃
-are compared with a NOISE CONTROL x̂ = clip(x + δ, 0, 1), random δ of the same L-inf budget:
+similarity s_l(i) = cos(a_l(x_i), a_l(x̃_i)) (:mod:`~.similarity`) alone is not evidence: every
+perturbation lowers it. So each normal image x_i is also perturbed by R random CONTROL draws of
+the same energy (:mod:`~.controls`, default ``shuffled``: the adversarial perturbation's own
+values permuted per channel), giving an empirical null of R similarities per image and layer.
 
-* :func:`compare_with_noise_control` -> :class:`NoiseComparison` with, per layer l, the (N,)
-  similarities s_adv = cos(a_l(x), a_l(x̃)) and s_noise = cos(a_l(x), a_l(x̂)) and their summaries.
-* :func:`find_diverging_point` -> :class:`Divergence`: the first layer (graph order) where
-  s_adv falls CLEARLY below s_noise, with per-layer evidence.
+The rule (defaults in :class:`DivergenceConfig`; statistics in :mod:`~.rank_test`):
 
-"Clearly" (defaults in :class:`DivergenceConfig`). With paired drops d_i = s_noise(i) − s_adv(i),
-d̄ their mean (= mean s_noise − mean s_adv), and the pooled spread
-σ_p = sqrt((sd(s_adv)² + sd(s_noise)²) / 2) (ddof 1, across images), layer l is BELOW when
+1. per image, the adversarial similarity's rank among its R control similarities is a p-value
+   p_i(l) = (1 + #{r: s_r ≤ s_adv}) / (R + 1);
+2. per layer, Fisher's combination over the n images gives P(l); layer l is BELOW when
+   P(l) ≤ α and the mean drop D̄ = mean_i (mean_r s_r − s_adv) is at least ``min_effect``
+   (0.05 cosine: the test alone flags drops of 0.005 at the first convolution, where a
+   structured perturbation already differs from its shuffled values; 0 gives the purely
+   statistical point);
+3. the diverging point is the first layer l (graph order) such that l and the next m layers are
+   all BELOW (persistence; near the end the run needs min(m + 1, L) layers);
+4. it is reported only if the global Monte Carlo test over all layers rejects at α (the gate, an
+   exact test under exchangeability): with no attack the rule fires with probability ≤ α, however
+   correlated the layers are.
 
-1. d̄ > max(δ_abs, k·σ_p)  -- the drop is large in absolute terms (δ_abs = 0.05 cosine) and
-   relative to how much the similarity varies between images (k = 1: a "large" effect size);
-2. a one-sided paired test of H1: d > 0 has p < α (Wilcoxon signed-rank, or a paired t-test;
-   α = 0.01);
-
-and the diverging point is the first layer l such that l and the next m layers (m = 2) are all
-BELOW, so one noisy layer does not trigger it. Near the end of the list the run must still have
-min(m + 1, L) layers (L the number of layers), so a dip at the last layer alone does not count.
-With N images the Wilcoxon test cannot reach p < 0.01 for N < 7 (smallest one-sided p = 2^-N).
-The criterion is a heuristic: the layers are strongly correlated, so no family-wise error rate
-is claimed; persistence is what guards against a single chance dip.
-
-Noise kinds: ``uniform`` δ ~ U(-ε, ε) (default; per-pixel RMS ε/√3), ``sign`` δ = ±ε (RMS ε, as a
-saturated sign-gradient attack), ``shuffle`` the image's own adversarial perturbation with its
-pixels randomly permuted (same L-inf, L2 and value histogram; only the structure is destroyed:
-the energy-matched control). Iterative attacks such as MI-FGSM have an RMS between ε/√3 and ε (about
-0.75 ε for MI-FGSM 8/255 on CIFAR ResNets), so the uniform control carries the least energy and
-its diverging point comes earliest; ``sign`` carries more energy than the attack, ``shuffle``
-the same. Pick the control to match the question asked.
+R = 39 by default: with α = 0.05, (R + 1)·α = 2 is an integer (Hope 1968), so the Monte Carlo
+tests are exact, a single pair can reach p = 1/40 < α at a layer and the gate can reject with one
+control draw tied or above; R = 99 is the choice for α = 0.01. Each draw costs one forward.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats as sps
 
-from aevis_core.datapath.stats import check_images, num, nums, paired_similarities, resolve_layers
+from aevis_core.datapath.controls import CONTROLS, DEFAULT_CONTROL, check_control, control_draws, rms
+from aevis_core.datapath.rank_test import all_rank_p_values, detectable_shift, effect_size, fisher_log_p, gate_p_value
+from aevis_core.datapath.similarity import (
+    check_images,
+    model_device,
+    num,
+    nums,
+    resolve_layers,
+)
 from aevis_core.errors import AEVisError
+from aevis_core.graph.capture import LayerCapture
 from aevis_core.graph.types import LayerGraph
 from aevis_core.models.base import ModelEntry
 
 Tensor = torch.Tensor
-NOISE_KINDS = ("uniform", "sign", "shuffle")
-TESTS = ("wilcoxon", "ttest")
-
-
-# ----------------------------------------------------------------------------------------------
-# noise control
-# ----------------------------------------------------------------------------------------------
-
-def noise_control(x: Tensor, eps: float, seed: int = 0, kind: str = "uniform") -> Tensor:
-    """``clip(x + δ, 0, 1)`` with seeded random noise δ of L-inf size ``eps``; (N, 3, H, W) float32 CPU.
-
-    ``kind="uniform"``: δ ~ U(-eps, eps) i.i.d. per pixel (default). ``kind="sign"``:
-    δ = ±eps with equal probability (the per-pixel energy of a saturated sign-gradient attack).
-    Deterministic: the noise depends only on ``seed`` and the shape of ``x`` (a private CPU
-    generator; the global RNG is untouched). ``|out − x| ≤ eps`` and ``out ∈ [0, 1]``.
-    """
-    if not math.isfinite(eps) or eps < 0:
-        raise AEVisError(f"noise eps must be a finite non-negative number, got {eps}")
-    if kind not in ("uniform", "sign"):
-        raise AEVisError(f"unknown noise kind {kind!r}: use uniform or sign (shuffle needs shuffle_control)")
-    gen = torch.Generator().manual_seed(int(seed))
-    xc = x.detach().float().cpu()
-    u = torch.rand(xc.shape, generator=gen, dtype=torch.float32)
-    delta = (2 * u - 1) * eps if kind == "uniform" else torch.where(u < 0.5, -eps, eps)
-    return (xc + delta).clamp_(0.0, 1.0)
-
-
-def shuffle_control(x_normal: Tensor, x_adv: Tensor, seed: int = 0) -> Tensor:
-    """``clip(x + π_i(x̃ − x), 0, 1)``: each image's perturbation with its C·H·W values permuted.
-
-    ``x_normal``, ``x_adv``: paired (N, 3, H, W). π_i is a seeded random permutation per image, so
-    the noise has exactly the perturbation's values (L-inf, L2, histogram) but no structure;
-    values may shrink where the clip to [0, 1] bites. Deterministic in ``seed``.
-    """
-    check_images(x_normal, x_adv)
-    gen = torch.Generator().manual_seed(int(seed))
-    xn = x_normal.detach().float().cpu()
-    delta = (x_adv.detach().float().cpu() - xn).reshape(xn.shape[0], -1)
-    perm = torch.stack([torch.randperm(delta.shape[1], generator=gen) for _ in range(delta.shape[0])])
-    return (xn + delta.gather(1, perm).reshape(xn.shape)).clamp_(0.0, 1.0)
+Progress = Callable[[int, int], None]
+DEFAULT_DRAWS = 39
 
 
 @dataclass
 class Summary:
-    """Spread of a per-image quantity (N,): mean, std (ddof 1), 5th/50th/95th percentile, N."""
+    """Spread of a quantity: mean, std (ddof 1), 5th/50th/95th percentile, number of values."""
 
     mean: float
     std: float
@@ -109,7 +69,7 @@ class Summary:
 
     @classmethod
     def of(cls, v: np.ndarray) -> Summary:
-        """Summary of a 1-D array (NaN fields when empty; std 0 for one value)."""
+        """Summary of the values of an array (NaN fields when empty; std 0 for one value)."""
         a = np.asarray(v, dtype=np.float64).ravel()
         if a.size == 0:
             return cls(math.nan, math.nan, math.nan, math.nan, math.nan, 0)
@@ -125,127 +85,209 @@ class Summary:
 
 @dataclass
 class NoiseComparison:
-    """Similarity to the normal images of (a) their adversarial twins and (b) noisy copies.
+    """Similarity to the normal images of their adversarial twins and of R control draws each.
 
-    ``sim_adv[l]``, ``sim_noise[l]``: (N,) cosine similarities per layer (``layers`` in graph
-    order); ``eps``/``seed``/``noise`` describe the control. :meth:`adv`, :meth:`noise_summary`
-    and :meth:`diff` summarise s_adv, s_noise and the paired drop s_noise − s_adv per layer.
+    ``sim_adv[l]``: (N,) cosine similarities; ``sim_control[l]``: (N, R); ``layers`` in graph
+    order. ``rms_adv``/``rms_control``: (N,) per-image rms of the adversarial perturbation and
+    of the control perturbations (mean over draws), pixel units in [0, 1].
     """
 
     layers: list[str]
     sim_adv: dict[str, np.ndarray]
-    sim_noise: dict[str, np.ndarray]
+    sim_control: dict[str, np.ndarray]
+    control: str
     eps: float
     seed: int
-    noise: str = "uniform"
+    rms_adv: np.ndarray
+    rms_control: np.ndarray
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def draws(self) -> int:
+        """R, the number of control draws per image."""
+        return int(next(iter(self.sim_control.values())).shape[1])
+
+    @property
+    def sim_noise(self) -> dict[str, np.ndarray]:
+        """Per-image mean control similarity, layer -> (N,)."""
+        return {k: v.mean(1) for k, v in self.sim_control.items()}
 
     def adv(self, layer: str) -> Summary:
         """Summary of similarity(adversarial, normal) at ``layer``."""
         return Summary.of(self.sim_adv[layer])
 
     def noise_summary(self, layer: str) -> Summary:
-        """Summary of similarity(noise, normal) at ``layer``."""
-        return Summary.of(self.sim_noise[layer])
+        """Summary of all N·R control similarities at ``layer`` (the control band)."""
+        return Summary.of(self.sim_control[layer])
 
     def diff(self, layer: str) -> Summary:
-        """Summary of the paired drop s_noise(i) − s_adv(i) at ``layer``."""
-        return Summary.of(self.sim_noise[layer] - self.sim_adv[layer])
+        """Summary of the per-image drop mean_r s_control − s_adv at ``layer``."""
+        return Summary.of(self.sim_control[layer].mean(1) - self.sim_adv[layer])
+
+    def rms_255(self) -> dict[str, float | None]:
+        """Mean per-image rms ×255 of the adversarial and the control perturbations."""
+        return {"rms_adv_255": num(255 * float(np.mean(self.rms_adv)), 4),
+                "rms_control_255": num(255 * float(np.mean(self.rms_control)), 4)}
 
     def to_dict(self, per_image: bool = False) -> dict[str, Any]:
-        """JSON-ready dict with per-layer summaries (and the raw (N,) arrays if ``per_image``)."""
+        """JSON-ready dict with per-layer summaries (and the raw arrays if ``per_image``)."""
         layers = {}
         for k in self.layers:
-            d: dict[str, Any] = {"adv": self.adv(k).to_dict(), "noise": self.noise_summary(k).to_dict(),
+            d: dict[str, Any] = {"adv": self.adv(k).to_dict(), "control": self.noise_summary(k).to_dict(),
                                  "diff": self.diff(k).to_dict()}
             if per_image:
                 d["sim_adv"] = nums(self.sim_adv[k])
-                d["sim_noise"] = nums(self.sim_noise[k])
+                d["sim_control"] = [nums(row) for row in self.sim_control[k]]
             layers[k] = d
-        return {"eps": num(self.eps), "seed": self.seed, "noise": self.noise, "layers": layers,
-                **({"extra": dict(self.extra)} if self.extra else {})}
+        return {"control": self.control, "draws": self.draws, "eps": num(self.eps), "seed": self.seed,
+                **self.rms_255(), "layers": layers, **({"extra": dict(self.extra)} if self.extra else {})}
 
 
 def compare_with_noise_control(entry: ModelEntry, graph: LayerGraph, x_normal: Tensor, x_adv: Tensor,
                                eps: float | None = None, layers: Sequence[str] | None = None, *,
-                               seed: int = 0, batch_size: int = 32, noise: str = "uniform") -> NoiseComparison:
-    """Per-layer similarity(adv, normal) next to similarity(noise control, normal).
+                               control: str = DEFAULT_CONTROL, draws: int = DEFAULT_DRAWS, seed: int = 0,
+                               batch_size: int = 32, progress: Progress | None = None) -> NoiseComparison:
+    """Per-layer similarity(adv, normal) and similarity(control draw r, normal), r = 1..R.
 
-    ``x_normal``, ``x_adv``: paired (N, 3, H, W) in [0, 1]. ``eps``: the noise's L-inf budget,
-    normally the attack's; None takes the largest ``|x_adv − x_normal|``. ``noise``: ``uniform``
-    or ``sign`` (:func:`noise_control`) or ``shuffle`` (:func:`shuffle_control`, ignores eps).
-    Both similarities come from the same batched ``no_grad`` forwards (each normal batch is run
-    once); ``layers`` (default: all feature layers) are put in graph order.
-    ``extra`` records the per-pixel RMS (×255) of the adversarial and the control perturbations.
+    ``x_normal``, ``x_adv``: paired (N, 3, H, W) in [0, 1]. ``control``: a kind of
+    :mod:`~.controls` (``eps`` is the uniform/sign budget; None: the largest |x_adv − x_normal|).
+    ``draws`` = R. Batched ``no_grad`` forwards: each normal image once, then the (image, draw)
+    control images in batches of ``batch_size``; cost (N·(R + 2)) forwards. Draws are seeded per
+    (seed, image, draw), so the result does not depend on ``batch_size``. ``progress(done, total)``
+    is called after each forward batch, counting images.
     """
     check_images(x_normal, x_adv)
-    if noise not in NOISE_KINDS:
-        raise AEVisError(f"unknown noise kind {noise!r}: use one of {', '.join(NOISE_KINDS)}")
+    check_control(control)
+    if draws < 1 or batch_size < 1:
+        raise AEVisError("need draws >= 1 and batch_size >= 1")
     xn = x_normal.detach().float().cpu()
     xa = x_adv.detach().float().cpu()
-    if eps is None:
-        eps = float((xa - xn).abs().max())
+    e = float((xa - xn).abs().max()) if eps is None else float(eps)
+    check_control(control, e)
     pos = {k: i for i, k in enumerate(graph.order)}
     ids = sorted(resolve_layers(graph, layers), key=lambda k: pos.get(k, len(pos)))
-    x_noise = shuffle_control(xn, xa, seed) if noise == "shuffle" else noise_control(xn, eps, seed, noise)
-    sa, sn = paired_similarities(entry, graph, xn, [xa, x_noise], ids, batch_size)
-    extra = {"rms_adv_255": num(255 * float((xa - xn).square().mean().sqrt()), 4),
-             "rms_noise_255": num(255 * float((x_noise - xn).square().mean().sqrt()), 4)}
-    return NoiseComparison(ids, sa, sn, float(eps), int(seed), noise, extra)
+    sa, sc, rc = _control_similarities(entry, graph, xn, xa, ids, control, draws, e, seed, batch_size,
+                                       progress or (lambda d, t: None))
+    return NoiseComparison(ids, sa, sc, control, e, int(seed), rms(xn, xa), rc)
+
+
+def _cosine(a: Tensor, b: Tensor, norm_a: Tensor | None = None) -> np.ndarray:
+    """(B, D), (B, D) -> (B,) float64 cosine from float32 dot products (``torch.linalg.vecdot``).
+
+    Same zero-vector convention as :func:`~.similarity.cosine_tensors` (both zero: 1); about 20×
+    faster than float64 copies, relative error ~1e-7, far below the control draws' spread (the
+    rank test only compares draws computed the same way). ``norm_a``: precomputed (B,) ‖a‖.
+    """
+    a, b = a.float(), b.float()
+    dot = torch.linalg.vecdot(a, b).double()
+    na = torch.linalg.vecdot(a, a).double().sqrt() if norm_a is None else norm_a
+    nb = torch.linalg.vecdot(b, b).double().sqrt()
+    cos = dot / (na * nb).clamp_min(1e-30)
+    cos = torch.where((na == 0) & (nb == 0), torch.ones_like(cos), cos).clamp(-1.0, 1.0)
+    return np.asarray(cos.cpu().numpy(), dtype=np.float64)
+
+
+def _control_similarities(entry: ModelEntry, graph: LayerGraph, xn: Tensor, xa: Tensor, ids: list[str],
+                          control: str, draws: int, eps: float, seed: int, batch_size: int,
+                          progress: Progress) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """(layer -> (N,) adversarial, layer -> (N, R) control similarities, (N,) control rms)."""
+    cap = LayerCapture(entry.model, graph, ids)
+    dev = model_device(entry)
+    n = xn.shape[0]
+    sim_adv = {k: np.empty(n) for k in ids}
+    sim_ctrl = {k: np.empty((n, draws)) for k in ids}
+    rms_ctrl = np.zeros(n)
+    total, done = n * (draws + 2), 0
+    with torch.no_grad():
+        for s in range(0, n, batch_size):
+            e = min(s + batch_size, n)
+            _, ref = cap(xn[s:e].to(dev, torch.float32))
+            ref = {k: v.reshape(e - s, -1).float() for k, v in ref.items()}
+            norms = {k: torch.linalg.vecdot(v, v).double().sqrt() for k, v in ref.items()}
+            _, act = cap(xa[s:e].to(dev, torch.float32))
+            for k in ids:
+                sim_adv[k][s:e] = _cosine(ref[k], act[k].reshape(e - s, -1), norms[k])
+            del act
+            done += 2 * (e - s)
+            progress(done, total)
+            pairs = [(i, r) for r in range(draws) for i in range(s, e)]
+            for b in range(0, len(pairs), batch_size):
+                chunk = pairs[b:b + batch_size]
+                img = np.array([i for i, _ in chunk])
+                col = np.array([r for _, r in chunk])
+                xc = torch.cat([control_draws(xn[i], xa[i], i, range(r, r + 1), control, eps, seed)
+                                for i, r in chunk])
+                np.add.at(rms_ctrl, img, rms(xn[img], xc) / draws)
+                _, act = cap(xc.to(dev, torch.float32))
+                rows = torch.from_numpy(img - s).to(dev)
+                for k in ids:
+                    sim_ctrl[k][img, col] = _cosine(ref[k][rows], act[k].reshape(len(chunk), -1), norms[k][rows])
+                del act
+                done += len(chunk)
+                progress(done, total)
+            del ref
+    return sim_adv, sim_ctrl, rms_ctrl
 
 
 # ----------------------------------------------------------------------------------------------
-# diverging point
+# the rule
 # ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class DivergenceConfig:
-    """What "clearly below the noise control" means (see the module docstring).
-
-    ``delta_abs``: minimum mean drop d̄ in cosine similarity. ``k_std``: minimum d̄ in units of
-    the pooled across-image std σ_p. ``alpha``: one-sided paired test level. ``persist`` (m):
-    the next m layers must also be below. ``test``: ``wilcoxon`` (signed-rank) or ``ttest``.
+    """The diverging-point rule (module docstring). ``alpha``: level of the per-layer test and of
+    the gate; ``persist`` (m): the next m layers must also be BELOW; ``min_effect``: smallest mean
+    drop (cosine) for BELOW; ``gate``: require the global test; ``power``: for the detectable effect.
     """
 
-    delta_abs: float = 0.05
-    k_std: float = 1.0
-    alpha: float = 0.01
+    alpha: float = 0.05
     persist: int = 2
-    test: str = "wilcoxon"
+    min_effect: float = 0.05
+    gate: bool = True
+    power: float = 0.8
 
     def validate(self) -> DivergenceConfig:
         """Raise :class:`AEVisError` on a bad option; return self."""
-        if self.test not in TESTS:
-            raise AEVisError(f"unknown test {self.test!r}: use wilcoxon or ttest")
-        if not (self.delta_abs >= 0 and self.k_std >= 0 and 0 < self.alpha < 1 and self.persist >= 0):
-            raise AEVisError("need delta_abs >= 0, k_std >= 0, 0 < alpha < 1 and persist >= 0")
+        if not (0 < self.alpha < 1 and self.persist >= 0 and self.min_effect >= 0 and 0 < self.power < 1):
+            raise AEVisError("need 0 < alpha < 1, persist >= 0, min_effect >= 0 and 0 < power < 1")
         return self
 
 
 @dataclass
 class LayerEvidence:
-    """Per-layer test of "adversarial similarity clearly below the noise control".
+    """Per-layer evidence that the adversarial similarity is below the control's.
 
-    ``diff`` = d̄ = mean(s_noise − s_adv); ``threshold`` = max(δ_abs, k·σ_p); ``p_value`` of the
-    one-sided paired test; ``below`` = n ≥ 2 and d̄ > threshold and p < α.
+    ``p_value``: Fisher's combined P over the ``n`` images; ``p_images`` (n,) the per-image rank
+    p-values; ``exceed``: images with p_i ≤ α. ``effect`` = D̄ (mean drop, cosine) with its 95 %
+    interval [``ci_low``, ``ci_high``]; ``effect_z``: mean drop in control sd; ``detectable``:
+    the smallest drop (cosine) the test detects with the configured power at this n and R
+    (``detectable_z`` × the layer's control sd; ∞ when P can never reach α).
     """
 
     layer: str
     n: int
+    draws: int
     mean_adv: float
-    mean_noise: float
-    diff: float
-    pooled_std: float
-    threshold: float
+    mean_control: float
     p_value: float
+    p_images: np.ndarray
+    exceed: int
+    effect: float
+    ci_low: float
+    ci_high: float
+    effect_z: float
+    detectable: float
     below: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (6 significant digits; p-values to 4)."""
-        return {"layer": self.layer, "n": self.n, "mean_adv": num(self.mean_adv),
-                "mean_noise": num(self.mean_noise), "diff": num(self.diff),
-                "pooled_std": num(self.pooled_std), "threshold": num(self.threshold),
-                "p_value": num(self.p_value, 4), "below": self.below}
+    def to_dict(self, per_image: bool = False) -> dict[str, Any]:
+        """JSON-ready dict (6 significant digits; p-values to 4; ∞/NaN as None)."""
+        d = {"layer": self.layer, "n": self.n, "draws": self.draws, "mean_adv": num(self.mean_adv),
+             "mean_control": num(self.mean_control), "p_value": num(self.p_value, 4), "exceed": self.exceed,
+             "effect": num(self.effect), "ci": [num(self.ci_low), num(self.ci_high)],
+             "effect_z": num(self.effect_z), "detectable": num(self.detectable), "below": self.below}
+        if per_image:
+            d["p_images"] = nums(self.p_images, 4)
+        return d
 
 
 @dataclass
@@ -253,8 +295,11 @@ class Divergence:
     """Result of :func:`find_diverging_point`.
 
     ``layer``/``index``: the diverging layer and its position in ``order`` (None if none).
-    ``run``: the layers of the triggering run; ``first_below``: the first individually-below layer
-    (may precede ``layer`` if its run was too short). ``evidence``: per layer, in order.
+    ``run``: the layers of the triggering run; ``first_below``: the first BELOW layer;
+    ``candidate``: the first persistent run's layer even when the gate did not reject.
+    ``gate_p``: Monte Carlo p of the global test; ``detectable_z``: smallest detectable shift in
+    control sd. ``control``, ``rms_adv_255``, ``rms_control_255``: the control and the mean
+    per-image rms ×255 of both perturbations (NaN when unknown).
     """
 
     layer: str | None
@@ -264,80 +309,110 @@ class Divergence:
     config: DivergenceConfig
     run: list[str] = field(default_factory=list)
     first_below: str | None = None
+    candidate: str | None = None
+    gate_p: float = math.nan
+    n: int = 0
+    draws: int = 0
+    detectable_z: float = math.nan
+    control: str = ""
+    rms_adv_255: float = math.nan
+    rms_control_255: float = math.nan
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: the layer, the rule's parameters and the per-layer evidence."""
-        return {"layer": self.layer, "index": self.index, "run": list(self.run),
-                "first_below": self.first_below, "config": asdict(self.config),
-                "evidence": [self.evidence[k].to_dict() for k in self.order]}
+    def most_different(self, k: int = 5) -> list[LayerEvidence]:
+        """The ``k`` layers with the largest mean drop D̄ (graph order breaks ties)."""
+        ev = [self.evidence[x] for x in self.order if math.isfinite(self.evidence[x].effect)]
+        return sorted(ev, key=lambda e: -e.effect)[:k]
 
-
-def _p_value(d: np.ndarray, test: str) -> float:
-    """One-sided p for H1: d > 0 (paired differences d, (N,)); NaN for fewer than 2 pairs."""
-    if d.size < 2:
-        return math.nan
-    if not np.any(d):
-        return 1.0
-    with warnings.catch_warnings():  # nearly identical d: scipy warns about precision loss
-        warnings.simplefilter("ignore", RuntimeWarning)
-        if test == "ttest":
-            if np.all(d == d[0]):  # no spread: the sign decides (scipy would divide by zero)
-                return 0.0 if d[0] > 0 else 1.0
-            return float(sps.ttest_1samp(d, 0.0, alternative="greater").pvalue)
-        return float(sps.wilcoxon(d, alternative="greater").pvalue)
-
-
-def layer_evidence(layer: str, sim_adv: np.ndarray, sim_noise: np.ndarray,
-                   config: DivergenceConfig | None = None) -> LayerEvidence:
-    """Evidence at one layer from paired (N,) similarities (pairs with a NaN are dropped)."""
-    cfg = (config or DivergenceConfig()).validate()
-    a = np.asarray(sim_adv, dtype=np.float64).ravel()
-    b = np.asarray(sim_noise, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise AEVisError(f"layer {layer!r}: {a.size} adversarial vs {b.size} noise similarities")
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    n = int(a.size)
-    if n == 0:
-        return LayerEvidence(layer, 0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, False)
-    d = b - a
-    pooled = math.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2) if n > 1 else math.nan
-    thr = max(cfg.delta_abs, cfg.k_std * pooled) if n > 1 else math.nan
-    p = _p_value(d, cfg.test)
-    below = bool(n >= 2 and float(d.mean()) > thr and p < cfg.alpha)
-    return LayerEvidence(layer, n, float(a.mean()), float(b.mean()), float(d.mean()), pooled, thr, p, below)
+    def to_dict(self, per_image: bool = False) -> dict[str, Any]:
+        """JSON-ready dict: the layer, the rule, the control with its rms and per-layer evidence."""
+        return {"layer": self.layer, "index": self.index, "run": list(self.run), "first_below": self.first_below,
+                "candidate": self.candidate, "gate_p": num(self.gate_p, 4), "n": self.n, "draws": self.draws,
+                "detectable_z": num(self.detectable_z, 4), "config": asdict(self.config),
+                "control": {"kind": self.control, "rms_adv_255": num(self.rms_adv_255, 4),
+                            "rms_control_255": num(self.rms_control_255, 4)},
+                "evidence": [self.evidence[k].to_dict(per_image) for k in self.order]}
 
 
-def find_diverging_point(sim_adv: Mapping[str, np.ndarray], sim_noise: Mapping[str, np.ndarray],
+def find_diverging_point(sim_adv: Mapping[str, np.ndarray], sim_control: Mapping[str, np.ndarray],
                          order: Sequence[str] | None = None,
                          config: DivergenceConfig | None = None) -> Divergence:
-    """First layer where similarity(adv, normal) is clearly below similarity(noise, normal).
-
-    ``sim_adv``/``sim_noise``: layer -> paired (N,) similarities (e.g. from
-    :class:`NoiseComparison`); ``order``: the layers to scan, in graph order (default: the keys of
-    ``sim_adv`` in their order). Returns the first l with BELOW at l, l+1, ..., l+m (a run of
-    min(m + 1, L) layers), or ``layer=None``; see the module docstring for BELOW.
+    """The diverging point from paired similarities: ``sim_adv`` layer -> (n,), ``sim_control``
+    layer -> (n, R) control draws. ``order``: layers to scan in graph order (default: the keys of
+    ``sim_adv``). Images with a non-finite similarity at a layer are left out there.
     """
     cfg = (config or DivergenceConfig()).validate()
     ids = list(order) if order is not None else list(sim_adv)
-    missing = [k for k in ids if k not in sim_adv or k not in sim_noise]
+    missing = [k for k in ids if k not in sim_adv or k not in sim_control]
     if missing:
         raise AEVisError(f"no similarities for layer(s) {', '.join(missing[:5])}")
-    ev = {k: layer_evidence(k, sim_adv[k], sim_noise[k], cfg) for k in ids}
+    adv = [np.asarray(sim_adv[k], dtype=np.float64).ravel() for k in ids]
+    ctrl = [np.asarray(sim_control[k], dtype=np.float64) for k in ids]
+    for k, a, c in zip(ids, adv, ctrl, strict=True):
+        if c.ndim != 2 or c.shape[0] != a.size or c.shape != ctrl[0].shape:
+            raise AEVisError(f"layer {k!r}: need (n,) adversarial and (n, R) control similarities, "
+                             "the same n and R at every layer")
+    if not ids:
+        raise AEVisError("no layers to scan")
+    n_img, draws = ctrl[0].shape
+    ev: dict[str, LayerEvidence] = {}
+    if all(np.isfinite(a).all() and np.isfinite(c).all() for a, c in zip(adv, ctrl, strict=True)):
+        evs, log_p = _block(ids, np.stack(adv), np.stack(ctrl), cfg)        # every layer at once
+        ev = dict(zip(ids, evs, strict=True))
+        log_p_all = list(log_p)
+    else:                                                                 # images dropped per layer
+        log_p_all = []
+        for k, a, c in zip(ids, adv, ctrl, strict=True):
+            ok = np.isfinite(a) & np.isfinite(c).all(1)
+            if not ok.any():
+                nan = math.nan
+                ev[k] = LayerEvidence(k, 0, draws, nan, nan, nan, np.zeros(0), 0, nan, nan, nan, nan, nan, False)
+                continue
+            (ev[k],), lp = _block([k], a[ok][None], c[ok][None], cfg)
+            log_p_all.append(lp[0])
+    gate_p = gate_p_value(np.stack(log_p_all)) if log_p_all else math.nan
     below = [ev[k].below for k in ids]
-    need = min(cfg.persist + 1, len(ids))
-    if need == 0:
-        return Divergence(None, None, ids, ev, cfg)
     first = next((k for k, b in zip(ids, below, strict=True) if b), None)
-    for i in range(len(ids) - need + 1):
-        if all(below[i:i + need]):
-            j = i
+    need = min(cfg.persist + 1, len(ids))
+    start = next((i for i in range(len(ids) - need + 1) if need > 0 and all(below[i:i + need])), None)
+    mde = detectable_shift(n_img, draws, cfg.alpha, cfg.power) if n_img and draws else math.nan
+    res = Divergence(None, None, ids, ev, cfg, [], first, None, gate_p, n_img, draws, mde)
+    if start is not None:
+        res.candidate = ids[start]
+        if not cfg.gate or gate_p <= cfg.alpha + 1e-12:
+            j = start
             while j < len(ids) and below[j]:
                 j += 1
-            return Divergence(ids[i], i, ids, ev, cfg, ids[i:j], first)
-    return Divergence(None, None, ids, ev, cfg, [], first)
+            res.layer, res.index, res.run = ids[start], start, ids[start:j]
+    return res
+
+
+def _block(ids: list[str], a: np.ndarray, c: np.ndarray,
+           cfg: DivergenceConfig) -> tuple[list[LayerEvidence], np.ndarray]:
+    """Evidence of L layers from ``a`` (L, n), ``c`` (L, n, R), and the combined log P of every
+    draw (L, R + 1), column 0 the adversarial."""
+    n, r = c.shape[1:]
+    p_all = all_rank_p_values(np.concatenate([a[..., None], c], axis=-1))   # (L, n, R+1)
+    log_p = fisher_log_p(p_all, axis=1)
+    eff, lo, hi, z = effect_size(a, c)
+    sd = np.sqrt(c.var(-1, ddof=1).mean(-1)) if r > 1 else np.full(len(ids), math.nan)
+    mde = detectable_shift(n, r, cfg.alpha, cfg.power) * sd
+    below = (log_p[:, 0] <= math.log(cfg.alpha) + 1e-9) & (eff >= cfg.min_effect)   # 1e-9: P = α exactly
+    exceed = (p_all[:, :, 0] <= cfg.alpha + 1e-12).sum(1)
+    mean_a, mean_c = a.mean(1), c.mean((1, 2))
+    evs = [LayerEvidence(k, n, r, float(mean_a[j]), float(mean_c[j]), float(np.exp(log_p[j, 0])), p_all[j, :, 0],
+                         int(exceed[j]), float(eff[j]), float(lo[j]), float(hi[j]), float(z[j]), float(mde[j]),
+                         bool(below[j])) for j, k in enumerate(ids)]
+    return evs, log_p
 
 
 def diverging_point(comparison: NoiseComparison, config: DivergenceConfig | None = None) -> Divergence:
-    """:func:`find_diverging_point` on a :class:`NoiseComparison` (its layers, in graph order)."""
-    return find_diverging_point(comparison.sim_adv, comparison.sim_noise, comparison.layers, config)
+    """:func:`find_diverging_point` on a :class:`NoiseComparison`, with its control and rms."""
+    d = find_diverging_point(comparison.sim_adv, comparison.sim_control, comparison.layers, config)
+    d.control = comparison.control
+    d.rms_adv_255 = 255 * float(np.mean(comparison.rms_adv))
+    d.rms_control_255 = 255 * float(np.mean(comparison.rms_control))
+    return d
+
+
+__all__ = ["CONTROLS", "DEFAULT_CONTROL", "DEFAULT_DRAWS", "Divergence", "DivergenceConfig", "LayerEvidence",
+           "NoiseComparison", "Summary", "compare_with_noise_control", "diverging_point", "find_diverging_point"]

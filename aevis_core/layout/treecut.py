@@ -24,7 +24,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from aevis_core.datapath.stats import jaccard
+from aevis_core.datapath.similarity import jaccard
 from aevis_core.graph.hierarchy import GroupNode
 
 AGGREGATES = ("max", "mean")

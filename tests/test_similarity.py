@@ -1,4 +1,5 @@
-"""Datapath statistics: exact values on hand-made data, noise control, diverging point, real check."""
+"""Similarities and datapath statistics (datapath/similarity.py): exact values on hand-made data and toys,
+hooks vs capture on ResNet-20; the diverging point is tested in test_diverge.py."""
 
 from __future__ import annotations
 
@@ -9,17 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from aevis_core.datapath.diverge import (
-    DivergenceConfig,
-    compare_with_noise_control,
-    diverging_point,
-    find_diverging_point,
-    layer_evidence,
-    noise_control,
-    shuffle_control,
-)
 from aevis_core.datapath.extract import Datapath, ExtractConfig, LayerDatapath
-from aevis_core.datapath.stats import (
+from aevis_core.datapath.similarity import (
     activation_similarity,
     cosine_rows,
     datapath_set_similarity,
@@ -30,9 +22,15 @@ from aevis_core.datapath.stats import (
     set_similarity,
 )
 from aevis_core.errors import AEVisError
-from aevis_core.graph import build_graph
 
 R20_LAYERS = ["conv1", "layer1.0.conv1", "layer2.1.bn2", "layer3.2.conv2", "linear"]
+
+
+def noise_control(x: torch.Tensor, eps: float, seed: int, kind: str = "uniform") -> torch.Tensor:
+    """x plus seeded uniform (or ±eps sign) noise, clipped to [0, 1]."""
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed))
+    d = (2 * u - 1) * eps if kind == "uniform" else torch.where(u < 0.5, -eps, eps)
+    return (x + d).clamp(0, 1)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -190,119 +188,3 @@ def test_layer_stats_options_and_errors(hand_sets):
         layer_stats({"normal": hand_sets["normal"], "bad": bad}, layers=["a"])
     sim = datapath_set_similarity(hand_sets["normal"], hand_sets["target"])
     assert sim["b"] == pytest.approx(1.0) and sim["a"] == pytest.approx(2 / math.sqrt(12))
-
-
-# ---------------------------------------------------------------------------------------------- noise
-
-@pytest.mark.parametrize("kind", ["uniform", "sign"])
-def test_noise_control_bounds_and_reproducible(kind):
-    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    x[0] = 0.0
-    x[1] = 1.0
-    eps = 8 / 255
-    state = torch.get_rng_state()
-    a = noise_control(x, eps, seed=7, kind=kind)
-    assert torch.equal(torch.get_rng_state(), state)                    # global RNG untouched
-    assert torch.equal(a, noise_control(x, eps, seed=7, kind=kind))
-    assert not torch.equal(a, noise_control(x, eps, seed=8, kind=kind))
-    assert a.shape == x.shape and a.dtype == torch.float32
-    assert float((a - x).abs().max()) <= eps + 1e-7 and float(a.min()) >= 0.0 and float(a.max()) <= 1.0
-    mid = (x > eps) & (x < 1 - eps)
-    d = (a - x)[mid]
-    if kind == "sign":
-        assert torch.allclose(d.abs(), torch.full_like(d, eps), atol=1e-6)
-    else:
-        assert float(d.abs().mean()) == pytest.approx(eps / 2, rel=0.15)
-        assert float(d.mean()) == pytest.approx(0, abs=eps / 10)
-    with pytest.raises(AEVisError):
-        noise_control(x, -1.0)
-    with pytest.raises(AEVisError):
-        noise_control(x, eps, kind="gauss")
-
-
-def test_shuffle_control_permutes_each_perturbation():
-    x = torch.full((2, 3, 4, 4), 0.5)
-    delta = (torch.arange(96, dtype=torch.float32).view(2, 3, 4, 4) - 48) / 1000
-    s = shuffle_control(x, x + delta, seed=0)
-    assert torch.equal(s, shuffle_control(x, x + delta, seed=0))
-    for i in range(2):
-        got = torch.sort((s[i] - x[i]).flatten()).values
-        assert torch.allclose(got, torch.sort(delta[i].flatten()).values, atol=1e-6)
-    assert not torch.allclose(s - x, delta)
-
-
-# ---------------------------------------------------------------------------------------------- diverging point
-
-def curves(drops: list[float], n: int = 32, sd: float = 0.005, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    ids = [f"l{i}" for i in range(len(drops))]
-    noise = {k: 0.95 + rng.normal(0, sd, n) for k in ids}
-    adv = {k: noise[k] - d + rng.normal(0, sd, n) for k, d in zip(ids, drops, strict=True)}
-    return ids, adv, noise
-
-
-def test_diverging_point_none_without_divergence():
-    ids, adv, noise = curves([0.0] * 10)
-    d = find_diverging_point(adv, noise, ids)
-    assert d.layer is None and d.index is None and d.first_below is None
-    assert not any(e.below for e in d.evidence.values())
-
-
-def test_diverging_point_persistent_drop_at_layer_5():
-    ids, adv, noise = curves([0.0] * 5 + [0.2] * 5)
-    d = find_diverging_point(adv, noise, ids)
-    assert d.layer == "l5" and d.index == 5 and d.run == ["l5", "l6", "l7", "l8", "l9"]
-    ev = d.evidence["l5"]
-    assert ev.diff == pytest.approx(0.2, abs=0.01) and ev.p_value < 1e-6 and ev.threshold == pytest.approx(0.05)
-    assert d.evidence["l4"].below is False
-    assert find_diverging_point(adv, noise, ids, DivergenceConfig(test="ttest")).layer == "l5"
-    json.dumps(d.to_dict(), allow_nan=False)
-
-
-def test_diverging_point_ignores_short_dips():
-    ids, adv, noise = curves([0, 0, 0, 0.3, 0, 0, 0.3, 0.3, 0, 0])   # 1- and 2-layer dips, m = 2
-    d = find_diverging_point(adv, noise, ids)
-    assert d.layer is None and d.first_below == "l3"
-    assert find_diverging_point(adv, noise, ids, DivergenceConfig(persist=1)).layer == "l6"
-    assert find_diverging_point(adv, noise, ids, DivergenceConfig(persist=0)).layer == "l3"
-    ids, adv, noise = curves([0] * 9 + [0.3])                         # last layer alone
-    assert find_diverging_point(adv, noise, ids).layer is None
-    ids, adv, noise = curves([0] * 7 + [0.3] * 3)                     # a full run ending at the last layer
-    assert find_diverging_point(adv, noise, ids).layer == "l7"
-
-
-def test_clearly_needs_size_spread_and_significance():
-    rng = np.random.default_rng(1)
-    noise = 0.95 + rng.normal(0, 0.005, 32)
-    small = layer_evidence("s", noise - 0.02, noise)                  # consistent but below δ_abs
-    assert small.p_value < 1e-6 and not small.below
-    wide = layer_evidence("w", noise - 0.08 + np.where(np.arange(32) % 2 == 0, 0.2, -0.2), noise)
-    assert wide.diff == pytest.approx(0.08) and wide.threshold > 0.12 and not wide.below   # d̄ < k σ_p
-    mixed = np.where(np.arange(32) % 2 == 0, noise - 0.4, noise + 0.3)          # half drop, half rise
-    assert not layer_evidence("m", mixed, noise).below
-    few = layer_evidence("f", noise[:6] - 0.3, noise[:6])             # Wilcoxon: p >= 2^-6 with 6 pairs
-    assert few.p_value == pytest.approx(1 / 64) and not few.below
-    assert layer_evidence("f", noise[:6] - 0.3, noise[:6], DivergenceConfig(test="ttest")).below
-    with pytest.raises(AEVisError):
-        DivergenceConfig(test="sign").validate()
-
-
-# ---------------------------------------------------------------------------------------------- real model
-
-def test_adversarial_similarity_below_noise_control_on_resnet20(resnet20, cifar_demo):
-    from aevis_core.attacks import AttackConfig, run_attack
-
-    g = build_graph(resnet20.model, (3, 32, 32), "r20")
-    x = resnet20.preprocess_many(cifar_demo.images[:16])
-    y = torch.tensor(cifar_demo.labels[:16])
-    adv = run_attack(resnet20.model, x, y, AttackConfig(method="mifgsm", eps=8 / 255))
-    cmp = compare_with_noise_control(resnet20, g, x, adv, 8 / 255, batch_size=8)
-    assert cmp.layers == g.feature_layers() and cmp.sim_adv["linear"].shape == (16,)
-    for k in ("layer3.2.relu2", "avgpool", "linear"):
-        assert cmp.adv(k).mean < cmp.noise_summary(k).mean - 0.1, k
-        assert cmp.noise_summary(k).mean > 0.8
-    d = diverging_point(cmp)
-    assert d.layer is not None and d.index is not None and d.index < cmp.layers.index("avgpool")
-    assert d.evidence["linear"].below
-    out = json.loads(json.dumps(cmp.to_dict(per_image=True), allow_nan=False))
-    assert out["layers"]["linear"]["adv"]["n"] == 16 and len(out["layers"]["linear"]["sim_noise"]) == 16

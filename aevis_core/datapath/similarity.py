@@ -1,4 +1,4 @@
-"""Statistics that compare image sets along their datapaths (Liu et al., VAST 2018, Sec. 4-5).
+"""Similarities that compare image sets along their datapaths (Liu et al., VAST 2018, Sec. 4-5).
 
 Liu et al., "Analyzing the Noise Robustness of Deep Neural Networks" (VAST 2018) explain a
 misclassification by where the adversarial examples' datapath departs from the normal images'
@@ -14,8 +14,8 @@ datapath. This module gives the numbers behind that comparison:
   :class:`~aevis_core.datapath.extract.Datapath` s, each set's mean activation on its own
   datapath, per-map mean activations and the difference normal − adversarial.
 
-The noise control (normal images plus random noise of the attack's budget) and the diverging
-point built on :func:`paired_similarities` live in :mod:`aevis_core.datapath.diverge`.
+The noise controls (:mod:`aevis_core.datapath.controls`) and the calibrated diverging point built
+on the same cosine (:mod:`aevis_core.datapath.diverge`) live beside this module.
 
 Cosine convention: two all-zero vectors have similarity 1 (identical), a zero and a non-zero
 vector 0. Similarities are accumulated in float64 (float32 on MPS) from float32 activations.
@@ -71,10 +71,10 @@ def cosine_rows(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> np.ndarray:
     tb = torch.as_tensor(b).reshape(len(b), -1).double()
     if ta.shape != tb.shape:
         raise AEVisError(f"cannot compare activations of shapes {tuple(ta.shape)} and {tuple(tb.shape)}")
-    return _cosine(ta, tb).numpy()
+    return cosine_tensors(ta, tb).numpy()
 
 
-def _cosine(a: Tensor, b: Tensor) -> Tensor:
+def cosine_tensors(a: Tensor, b: Tensor) -> Tensor:
     """(B, D), (B, D) -> (B,) cosine with the zero-vector convention, on CPU float64."""
     dot = (a * b).sum(1)
     na = a.square().sum(1).sqrt()
@@ -85,11 +85,13 @@ def _cosine(a: Tensor, b: Tensor) -> Tensor:
     return cos.cpu().double()
 
 
-def _device(entry: ModelEntry) -> torch.device:
+def model_device(entry: ModelEntry) -> torch.device:
+    """Device of the model's parameters."""
     return next(entry.model.parameters()).device
 
 
-def _acc_dtype(device: torch.device) -> torch.dtype:
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """float64 for similarity sums, float32 on MPS (no float64 there)."""
     return torch.float32 if device.type == "mps" else torch.float64
 
 
@@ -126,8 +128,8 @@ def paired_similarities(entry: ModelEntry, graph: LayerGraph, x_ref: Tensor, oth
         raise AEVisError("batch_size must be positive")
     ids = resolve_layers(graph, layers)
     cap = LayerCapture(entry.model, graph, ids)
-    dev = _device(entry)
-    dt = _acc_dtype(dev)
+    dev = model_device(entry)
+    dt = accumulation_dtype(dev)
     parts: list[dict[str, list[Tensor]]] = [{k: [] for k in ids} for _ in others]
     n = x_ref.shape[0]
     with torch.no_grad():
@@ -137,7 +139,8 @@ def paired_similarities(entry: ModelEntry, graph: LayerGraph, x_ref: Tensor, oth
             for j, o in enumerate(others):
                 _, act = cap(o[s:e].to(dev, torch.float32))
                 for k in ids:  # one layer at a time in float64: no extra copy of the whole batch
-                    parts[j][k].append(_cosine(ref[k].reshape(e - s, -1).to(dt), act[k].reshape(e - s, -1).to(dt)))
+                    parts[j][k].append(cosine_tensors(ref[k].reshape(e - s, -1).to(dt),
+                                                      act[k].reshape(e - s, -1).to(dt)))
                 del act
     return [{k: torch.cat(p[k]).numpy() for k in ids} for p in parts]
 
@@ -167,8 +170,8 @@ def mean_map_activation(entry: ModelEntry, graph: LayerGraph, x: Tensor, layers:
     check_images(x)
     ids = resolve_layers(graph, layers)
     cap = LayerCapture(entry.model, graph, ids)
-    dev = _device(entry)
-    dt = _acc_dtype(dev)
+    dev = model_device(entry)
+    dt = accumulation_dtype(dev)
     sums: dict[str, Tensor] = {}
     n = x.shape[0]
     with torch.no_grad():
