@@ -13,30 +13,31 @@ For one layer with ``n`` feature maps and a set ``S`` of kept maps, every other 
 with ``P`` the softmax probabilities of the unmasked model and ``P(S)`` those of the masked
 one. ``S`` = all maps gives exactly (1.0, 0.0) for the default targets (``a · 1 + 0 · f = a``).
 
-:func:`faithfulness_curve` compares datapath methods at **equal k**: each method ranks the
-maps once and ``S`` = its top-k for every ``k`` of a sweep, so a method is not rewarded for
-simply selecting more maps. Rankings (all from one :func:`~aevis_core.datapath.extract.extract_datapath`
-pass, with the same scores as its ``_select``):
+:func:`faithfulness_curve` evaluates **the datapath the user sees** — an
+:class:`~aevis_core.datapath.extract.ExtractConfig` (extracted here) or a ready
+:class:`~aevis_core.datapath.extract.Datapath` of any method — and compares it with other
+rankings at **equal k**: each method ranks the maps once and ``S`` = its top-k for every ``k`` of
+a sweep, so a method is not rewarded for simply selecting more maps. The result names the
+method and its parameters (``"datapath"``: ``{"method", "label", "config"}``). Rankings (all from
+the datapath's one extraction pass, with the same scores as ``extract._select``):
 
-* ``qp``: by the QP solution ``z`` descending (Eq. 5), ties (e.g. the many ``z = 0`` or
-  ``z = 1``) broken by ``Σ_k q_kj`` descending, then by index;
+* ``datapath``: the evaluated datapath's own z descending, ties by ``Σ_k q_kj`` then index
+  (its critical set is a prefix of this ranking; its size is the "natural" k);
+* ``qp``: the same for a ``method="qp"`` datapath (kept for the paper's comparison);
 * ``act_topk``: by the mean activation ``mean_k mean_space a_kj`` descending;
 * ``gradxact_topk``: by ``Σ_k q_kj`` (gradient × activation, normalised per image with
   ``normalize="l1"``) descending;
 * ``random``: a seeded random permutation;
-* ``qp_refine`` (opt-in): by the mask refined on the true Eq. 4 objective
+* ``qp_refine`` (opt-in, QP datapaths): by the mask refined on the true Eq. 4 objective
   (:func:`~aevis_core.datapath.refine.refine_layer`, warm-started from the QP ``z``), ties
   broken by the QP order.
-
-The QP's "natural" critical set ``{j : z_j > 0.5}`` is also evaluated, together with every
-other method at the same k.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,7 @@ from numpy.typing import ArrayLike
 
 from aevis_core.datapath.extract import Datapath, ExtractConfig, extract_datapath
 from aevis_core.datapath.qp import default_lambda
+from aevis_core.datapath.selection import rank_maps
 from aevis_core.errors import AEVisError
 from aevis_core.graph.mask import MaskedModel, layer_mean
 from aevis_core.graph.types import LayerGraph
@@ -52,12 +54,13 @@ from aevis_core.models.base import ModelEntry
 
 Tensor = torch.Tensor
 FILLS = ("zero", "mean")
-CURVE_METHODS = ("qp", "act_topk", "gradxact_topk", "random", "qp_refine")
+CURVE_METHODS = ("datapath", "qp", "act_topk", "gradxact_topk", "random", "qp_refine")
+COMPARE: tuple[str, ...] = ("datapath", "act_topk", "gradxact_topk", "random")
 DEFAULT_KS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5)
 
 __all__ = [
-    "CURVE_METHODS", "DEFAULT_KS", "FILLS", "FaithfulnessEvaluator", "FaithResult", "faithfulness",
-    "faithfulness_curve", "rank_maps", "resolve_ks",
+    "COMPARE", "CURVE_METHODS", "DEFAULT_KS", "FILLS", "FaithfulnessEvaluator", "FaithResult", "describe",
+    "faithfulness", "faithfulness_curve", "rank_maps", "resolve_ks",
 ]
 
 
@@ -189,13 +192,6 @@ def resolve_ks(ks: Sequence[float | int], n: int) -> list[tuple[str, int]]:
     return out
 
 
-def rank_maps(primary: ArrayLike, secondary: ArrayLike | None = None) -> np.ndarray:
-    """(n,) map indices by ``primary`` descending, ties by ``secondary`` descending, then index."""
-    p = np.asarray(primary, dtype=np.float64).reshape(-1)
-    s = np.zeros_like(p) if secondary is None else np.asarray(secondary, dtype=np.float64).reshape(-1)
-    return np.lexsort((np.arange(p.size), -s, -p)).astype(np.intp)
-
-
 def _rankings(dp: Datapath, layer: str, methods: Sequence[str], seed: int,
               refined_z: np.ndarray | None) -> dict[str, np.ndarray]:
     q_sum = dp.q[layer].astype(np.float64).sum(0)
@@ -204,7 +200,7 @@ def _rankings(dp: Datapath, layer: str, methods: Sequence[str], seed: int,
     n = z.shape[0]
     out: dict[str, np.ndarray] = {}
     for m in methods:
-        if m == "qp":
+        if m in ("qp", "datapath"):
             out[m] = rank_maps(z, q_sum)
         elif m == "act_topk":
             out[m] = rank_maps(act, q_sum)
@@ -223,44 +219,64 @@ def _rankings(dp: Datapath, layer: str, methods: Sequence[str], seed: int,
     return out
 
 
+def describe(cfg: ExtractConfig) -> str:
+    """Human-readable method and parameters of an extraction config (titles, tables, JSON)."""
+    sel = f", coverage {cfg.coverage:g}" if cfg.coverage is not None and cfg.top_k is None else ""
+    sel += f", top-{cfg.top_k}" if cfg.top_k is not None else ""
+    if cfg.method == "qp":
+        lam = f"λ={cfg.lam:g}" if cfg.lam is not None else (
+            "λ=0.1/n² (paper)" if cfg.lam_mode == "paper" else f"λ={cfg.rho:g}·tr(Q)/n")
+        thr = f", z>{cfg.threshold:g}" if cfg.top_k is None else ""
+        return f"QP ({cfg.score}, {cfg.normalize}, {lam}{thr}{sel})"
+    if cfg.method == "gates":
+        return f"learned gates (L1 {cfg.sparsity:g}, {cfg.budget_s:g} s budget)"
+    name = {"gradxact_topk": "grad×act", "act_topk": "activation", "random": "random"}[cfg.method]
+    detail = f"{cfg.score}, {cfg.normalize}, " if cfg.method == "gradxact_topk" else ""
+    k = f"top-{cfg.top_k}" if cfg.top_k is not None else "top 10 %"
+    return f"{name} ({detail}{k}{sel})"
+
+
 def faithfulness_curve(entry: ModelEntry, graph: LayerGraph, x: Tensor, layer: str,
-                       methods: Sequence[str] = ("qp", "act_topk", "gradxact_topk", "random"),
-                       ks: Sequence[float | int] = DEFAULT_KS, score: str = "prob", normalize: str = "none",
-                       fill: str | Sequence[str] = "zero", lam: float | None = None,
-                       targets: ArrayLike | Tensor | None = None, seed: int = 0, lam_mode: str = "paper",
+                       config: ExtractConfig | None = None, methods: Sequence[str] | None = None,
+                       ks: Sequence[float | int] = DEFAULT_KS, fill: str | Sequence[str] = "zero",
+                       targets: ArrayLike | Tensor | None = None, seed: int = 0,
                        datapath: Datapath | None = None, evaluator: FaithfulnessEvaluator | None = None,
                        refine_steps: int = 20, refine_method: str = "pgd",
                        batch_size: int = 64) -> dict[str, Any]:
-    """Equal-k faithfulness table of datapath methods at one layer (JSON-able dict).
+    """Equal-k faithfulness of the datapath the user sees vs other rankings at one layer (JSON-able).
 
     Args:
         entry, graph, x, layer: model, its traced graph, (N, 3, H, W) images, layer id (n maps).
-        methods: subset of ``qp, act_topk, gradxact_topk, random, qp_refine`` (see module doc).
-        ks: sweep of k (floats = fractions of n, ints = counts); the QP's natural k
-            ``|{z > 0.5}|`` (and the refined one, if any) is added.
-        score, normalize, lam, lam_mode: QP / q options (:class:`ExtractConfig`); the equal-k
-            ranking uses the paper's λ = 0.1/n² by default (``lam_mode="paper"``): its z order is
-            the most faithful at small k (bench/faithfulness.py), while the relative λ of the
-            extraction default picks the size of the critical set; targets (N,) default to
-            the predictions (extraction always uses the evaluator's targets as labels).
+        config: the extraction options of the evaluated datapath (default
+            :class:`ExtractConfig` ``()``, the dashboard's default); ignored when ``datapath``
+            is given (its own config is used).
+        methods: subset of :data:`CURVE_METHODS` (see module doc); default :data:`COMPARE`
+            (``qp`` and ``qp_refine`` need a QP datapath).
+        ks: sweep of k (floats = fractions of n, ints = counts); the datapath's natural k
+            (its critical set's size at this layer, and the refined one, if any) is added.
         fill: ``"zero"``, ``"mean"`` or both (a sequence).
-        datapath: a precomputed ``method="qp"`` Datapath containing ``layer`` (same x, score,
-            normalize, targets) to skip the extraction pass; evaluator: a precomputed
-            :class:`FaithfulnessEvaluator` for (x, layer, targets).
+        targets: (N,) classes; default the datapath's targets when given, else the predictions
+            (extraction then uses the evaluator's targets as labels, so both agree).
+        datapath: a precomputed Datapath containing ``layer`` (same x); evaluator: a
+            precomputed :class:`FaithfulnessEvaluator` for (x, layer, targets).
         refine_steps, refine_method: options of ``qp_refine``.
 
     Returns:
-        ``{"model", "layer", "n", "n_images", "score", "normalize", "lam", "fills", "natural_k",
-        "true_objective", "baseline_p", "rows": [{"method", "fill", "k", "k_label", "k_frac",
-        "preserved", "drop"}, ...]}`` with rows in (fill, k, method) order.
+        ``{"model", "layer", "n", "n_images", "datapath": {"method", "label", "config"},
+        "score", "normalize", "lam", "fills", "natural_k", "true_objective", "baseline_p",
+        "rows": [{"method", "fill", "k", "k_label", "k_frac", "preserved", "drop"}, ...]}`` with
+        rows in (fill, k, method) order.
     """
     fills = [fill] if isinstance(fill, str) else list(fill)
     for f in fills:
         if f not in FILLS:
             raise AEVisError(f"unknown fill {f!r}: use zero or mean")
+    methods = tuple(COMPARE if methods is None else methods)
     for m in methods:
         if m not in CURVE_METHODS:
             raise AEVisError(f"unknown method {m!r}: use one of {', '.join(CURVE_METHODS)}")
+    if targets is None and datapath is not None and evaluator is None:
+        targets = datapath.targets
     ev = evaluator or FaithfulnessEvaluator(entry, graph, x, layer, targets, batch_size)
     if ev.layer != layer:
         raise AEVisError("evaluator was built for another layer")
@@ -268,19 +284,23 @@ def faithfulness_curve(entry: ModelEntry, graph: LayerGraph, x: Tensor, layer: s
     if datapath is None:
         # the evaluator's targets (its own unmasked predictions by default) are passed as labels,
         # so extraction and evaluation agree even on near-ties of the top-2 logits
-        cfg = ExtractConfig(method="qp", score=score, normalize=normalize, lam=lam, lam_mode=lam_mode,
-                            target="true")
+        cfg = replace(config or ExtractConfig(), target="true")
         datapath = extract_datapath(entry, graph, x, cfg, layers=[layer], labels=[int(t) for t in tgt.tolist()])
+        datapath = replace(datapath, config=replace(datapath.config, target=(config or ExtractConfig()).target))
     if layer not in datapath.layers:
         raise AEVisError(f"datapath has no layer {layer!r}")
-    if datapath.config.method != "qp":
-        raise AEVisError("faithfulness_curve needs a method='qp' datapath (it holds z, q and activations)")
+    if datapath.config.method != "qp" and ({"qp", "qp_refine"} & set(methods)):
+        raise AEVisError("the qp and qp_refine rankings need a method='qp' datapath")
     if not np.array_equal(np.asarray(datapath.targets), tgt.numpy()):
         raise AEVisError("datapath and evaluator use different targets")
     n = ev.n
     ld = datapath.layers[layer]
     lam_v = ld.lam if math.isfinite(ld.lam) else default_lambda(n)
-    natural = {"qp": int((ld.z > 0.5).sum())}
+    natural: dict[str, int] = {}
+    if "datapath" in methods:
+        natural["datapath"] = len(ld.critical)
+    if "qp" in methods:
+        natural["qp"] = len(ld.critical)
     true_obj: dict[str, float] = {}
     refined = None
     if "qp_refine" in methods:
@@ -306,9 +326,11 @@ def faithfulness_curve(entry: ModelEntry, graph: LayerGraph, x: Tensor, layer: s
                 res = ev.evaluate(ranks[m][:k], f)
                 rows.append({"method": m, "fill": f, "k": k, "k_label": label, "k_frac": k / n,
                              "preserved": res.preserved, "drop": res.drop})
+    dcfg = datapath.config
     return {
         "model": entry.name, "layer": layer, "n": n, "n_images": ev.n_images,
-        "score": datapath.config.score, "normalize": datapath.config.normalize, "lam": float(lam_v),
+        "datapath": {"method": dcfg.method, "label": describe(dcfg), "config": asdict(dcfg)},
+        "score": dcfg.score, "normalize": dcfg.normalize, "lam": float(lam_v),
         "fills": fills, "natural_k": natural, "true_objective": true_obj,
         "baseline_p": float(ev.p0.mean()), "qp_objective": float(ld.objective),
         "rows": rows,

@@ -1,4 +1,4 @@
-"""Masked forward passes (aevis_core.graph.mask) and datapath faithfulness (aevis_core.evaluate)."""
+"""Masked forward passes (aevis_core.graph.mask) and datapath faithfulness (aevis_core.faithfulness)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from aevis_core.datapath.extract import ExtractConfig, extract_datapath
 from aevis_core.errors import AEVisError
-from aevis_core.evaluate import (
+from aevis_core.faithfulness import (
     FaithfulnessEvaluator,
+    describe,
     faithfulness,
     faithfulness_curve,
     rank_maps,
@@ -192,7 +194,9 @@ def test_qp_at_equal_k_beats_random(resnet20, cifar_demo):
     layer = "layer3.2.relu2"
     ev = FaithfulnessEvaluator(resnet20, g, x, layer)
     ks = (0.05, 0.1, 0.25, 0.5)
-    tab = faithfulness_curve(resnet20, g, x, layer, ks=ks, score="prob", normalize="l1", evaluator=ev)
+    cfg = ExtractConfig(score="prob", normalize="l1", lam_mode="paper")
+    tab = faithfulness_curve(resnet20, g, x, layer, cfg, methods=("qp", "act_topk", "gradxact_topk", "random"),
+                             ks=ks, evaluator=ev)
     assert tab["n"] == 64 and tab["n_images"] == 16 and 0 <= tab["natural_k"]["qp"] <= 64
     assert json.loads(json.dumps(tab)) == tab
     rows = {(r["method"], r["k"]): r for r in tab["rows"]}
@@ -202,3 +206,29 @@ def test_qp_at_equal_k_beats_random(resnet20, cifar_demo):
         qp = rows[("qp", k)]
         assert qp["preserved"] >= np.mean([r.preserved for r in rnd]), (k, qp)
         assert qp["drop"] <= np.mean([r.drop for r in rnd]), (k, qp)
+
+
+def test_curve_evaluates_the_datapath_the_user_sees(resnet20, cifar_demo):
+    """The curve's "datapath" rows are the shown datapath's critical set and ranking, named in the result."""
+    g = build_graph(resnet20.model, (3, 32, 32), "r20")
+    x = resnet20.preprocess_many(cifar_demo.images[1::10][:8])
+    layer = "layer2.2.relu2"
+    ev = FaithfulnessEvaluator(resnet20, g, x, layer)
+    for cfg in (ExtractConfig(), ExtractConfig(lam_mode="paper"), ExtractConfig(method="gradxact_topk", score="logit")):
+        shown = extract_datapath(resnet20, g, x, cfg, layers=[layer])
+        tab = faithfulness_curve(resnet20, g, x, layer, cfg, evaluator=ev, fill=("zero", "mean"))
+        assert tab["datapath"]["label"] == describe(cfg) and tab["datapath"]["config"]["method"] == cfg.method
+        crit = shown.layers[layer].critical
+        assert tab["natural_k"]["datapath"] == len(crit)
+        for f in ("zero", "mean"):
+            row = next(r for r in tab["rows"] if r["method"] == "datapath" and r["k"] == len(crit) and r["fill"] == f)
+            ref = ev.evaluate(crit, f)
+            assert (row["preserved"], row["drop"]) == (ref.preserved, ref.drop)
+        # the same table from the ready datapath (no second extraction)
+        tab2 = faithfulness_curve(resnet20, g, x, layer, datapath=shown, evaluator=ev, fill=("zero", "mean"))
+        assert tab2["rows"] == tab["rows"]
+    assert describe(ExtractConfig()) == "QP (prob, l1, λ=0.1·tr(Q)/n, z>0.5, coverage 0.5)"
+    assert describe(ExtractConfig(lam_mode="paper", coverage=None)) == "QP (prob, l1, λ=0.1/n² (paper), z>0.5)"
+    gx = extract_datapath(resnet20, g, x, ExtractConfig(method="gradxact_topk"), layers=[layer])
+    with pytest.raises(AEVisError):
+        faithfulness_curve(resnet20, g, x, layer, datapath=gx, evaluator=ev, methods=("qp",))
