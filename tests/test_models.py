@@ -155,3 +155,30 @@ def test_model_dir_confines_factories(tmp_path):
         load_model("../evil.py:make", model_dir=inside)
     with pytest.raises(ModelLoadError, match="only model files inside the model directory"):
         load_model("os:getcwd", model_dir=inside)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA driver mismatch\nline two"), OSError("libcudart.so: missing")])
+def test_broken_torchvision_is_one_line_and_exit_2(monkeypatch, capsys, error):
+    """A torchvision that raises anything on import (a CUDA build next to CPU torch) -> one line, exit 2."""
+    import builtins
+    import sys
+
+    from aevis_core.cli import main
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "torchvision" or name.startswith("torchvision."):
+            raise error
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(ModelLoadError) as err:
+        load_model("torchvision:resnet18")
+    assert "torchvision cannot be imported" in str(err.value) and type(error).__name__ in str(err.value)
+    assert "\n" not in str(err.value)
+    capsys.readouterr()
+    assert main(["graph", "torchvision:resnet18"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "torchvision cannot be imported" in lines[0]

@@ -3,14 +3,15 @@
 A parent map i and a child map o are linked when both are critical. The weight is the
 strength of the connection in the model: Σ|W[o, i]| over the kernel for convolutions (grouped
 and depthwise convs included), |W[o, i]| for linear layers, and 1 for channel-wise layers
-(BN, activations, pooling, residual adds: map i feeds map i). Only the ``keep`` strongest
-incoming links per child map are kept. Layers whose channel mapping is unknown (e.g. concat,
-channel padding) get no links.
+(BN, activations, pooling, residual adds: map i feeds map i), and 1 from map i of the k-th input
+of a concatenation to map offset_k + i. Only the ``keep`` strongest incoming links per child map
+are kept. Layers whose channel mapping is unknown (e.g. channel padding) get no links.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,8 +20,21 @@ from torch import nn
 from aevis_core.graph.types import LayerGraph
 from aevis_core.models.base import ModelEntry
 
-if TYPE_CHECKING:
-    from aevis_core.datapath.extract import Datapath
+
+class LayerResult(Protocol):
+    """What :func:`connect` reads of one layer's result (e.g. ``LayerDatapath``)."""
+
+    @property
+    def n(self) -> int: ...
+    @property
+    def critical(self) -> Sequence[int]: ...
+
+
+class LayersResult(Protocol):
+    """What :func:`connect` reads of an extraction (e.g. ``Datapath``): critical maps per layer."""
+
+    @property
+    def layers(self) -> Mapping[str, LayerResult]: ...
 
 CHANNELWISE = {"bn", "act", "pool", "add", "sub", "mul", "slice"}
 
@@ -46,7 +60,16 @@ def _weight_matrix(mod: nn.Module) -> torch.Tensor | None:
     return None
 
 
-def connect(entry: ModelEntry, graph: LayerGraph, dp: Datapath,
+def concat_offsets(graph: LayerGraph, inputs: Sequence[str], n: int) -> dict[str, int]:
+    """Offset of each input's maps in a concatenation of ``n`` maps (empty when the sizes do not add up)."""
+    sizes = [graph.nodes[p].channels for p in inputs]
+    if sum(sizes) != n:
+        return {}
+    offs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
+    return dict(zip(inputs, offs, strict=True))
+
+
+def connect(entry: ModelEntry, graph: LayerGraph, dp: LayersResult,
             keep: int = 3) -> list[tuple[str, int, str, int, float]]:
     """(parent, i, child, o, weight) links between critical maps of adjacent chosen layers."""
     net = getattr(entry.model, "net", entry.model)
@@ -71,6 +94,10 @@ def connect(entry: ModelEntry, graph: LayerGraph, dp: Datapath,
                     for col in best[r]:
                         if w[r, col] > 0:
                             links.append((parent, int(pcrit[col]), child, o, float(w[r, col])))
+            elif node.op == "cat" and par.n < res.n and parent in concat_offsets(graph, node.inputs, res.n):
+                off = concat_offsets(graph, node.inputs, res.n)[parent]
+                for o in np.intersect1d(child_crit, pcrit + off).tolist():
+                    links.append((parent, int(o) - off, child, int(o), 1.0))
             elif node.op in CHANNELWISE and par.n == res.n:
                 for o in np.intersect1d(child_crit, pcrit).tolist():
                     links.append((parent, int(o), child, int(o), 1.0))

@@ -1,11 +1,13 @@
 """One forward + ONE backward pass: per-image, per-feature-map contributions q (Eq. 4-5 input).
 
 For images k, a chosen output p_k (probability or logit of the target class) and every
-captured layer with activations a (N, C, ...) and gradients g = ∂p/∂a,
-``q_kj = Σ_space a_kj · g_kj`` (gradient × activation, summed over space). All layers' gradients
-come from a single ``torch.autograd.grad(Σ_k p_k, [a_1, ..., a_L])`` call: images do not
-interact in eval mode, so the gradient of the sum w.r.t. image k's activation is ∂p_k/∂a_k.
-No parameter gradients are computed.
+captured layer with activations a (N, ..., C, ...) (maps on the layer's channel axis) and
+gradients g = ∂p/∂a, ``q_kj = Σ_rest a_kj · g_kj`` (gradient × activation, summed over every
+other axis: space, tokens). The backward pass is the plain ``torch.autograd.grad(Σ_k p_k, x)``;
+each layer's q is reduced to (B, C) by a tensor hook the moment the gradient reaches the layer
+(:meth:`~aevis_core.graph.capture.LayerCapture.taps`), so no layer's gradient outlives it.
+Images do not interact in eval mode, so the gradient of the sum w.r.t. image k's activation is
+∂p_k/∂a_k. No parameter gradients are computed.
 """
 
 from __future__ import annotations
@@ -42,23 +44,17 @@ def batch_scores(capture: LayerCapture, x: Tensor, targets: Tensor | None, score
         raise ValueError(f"score must be one of {SCORES}")
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits, acts = capture(x)
+        logits, taps = capture.taps(x)
         logits = logits.float()
         probs = torch.softmax(logits, dim=1)
         out = probs if score == "prob" else logits
         if targets is None:
             targets = logits.detach().argmax(dim=1)
         p = out.gather(1, targets.view(-1, 1).to(out.device)).squeeze(1)
-        names = list(acts)
-        grads = torch.autograd.grad(p.sum(), [acts[k] for k in names], allow_unused=True)
-    q: dict[str, Tensor] = {}
-    mean_act: dict[str, Tensor] = {}
-    for k, g in zip(names, grads, strict=True):
-        a = acts[k].detach()
-        gg = torch.zeros_like(a) if g is None else g
-        dims = tuple(range(2, a.dim()))
-        qa = (a * gg).sum(dim=dims) if dims else a * gg
-        ma = a.mean(dim=dims) if dims else a
-        q[k] = qa.double().cpu()
-        mean_act[k] = ma.double().cpu()
+        if p.requires_grad:
+            torch.autograd.grad(p.sum(), [x], allow_unused=True)
+        del logits, out
+    taps.finish()
+    q = {k: taps.q[k].double().cpu() for k in capture.layer_ids}
+    mean_act = {k: taps.mean[k].double().cpu() for k in capture.layer_ids}
     return BatchScores(q, mean_act, probs.detach().cpu(), p.detach().cpu(), targets.detach().cpu())

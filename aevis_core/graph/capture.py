@@ -1,15 +1,30 @@
-"""Capture chosen layers' outputs (and so their gradients) in ONE forward pass.
+"""Capture chosen layers in ONE forward pass: their outputs, or their per-map summaries and q.
 
-For traced graphs the model is re-traced into a GraphModule whose output is
-``(logits, a_1, ..., a_m)`` for the chosen fx nodes, so each layer is exactly one graph node
-(a module called twice gives two different tensors). A captured node feeding an in-place op
-(``ReLU(inplace=True)``, ``+=``) is cloned and its consumers rerouted to the clone, so the
-returned tensor keeps its value and still lies on the path to the logits (its gradient is
-the true ∂p/∂a). Untraceable models use forward hooks in call order (fallback graph); hooks
+Two ways to capture the layers ``l`` with outputs ``a_l``, whose feature maps lie along the
+layer's channel axis (:mod:`aevis_core.graph.axes`):
+
+* :meth:`LayerCapture.__call__` returns ``a_l`` itself, moved to the canonical layout
+  (N, C, *rest) (a view; channels-first layers are returned as they are);
+* :meth:`LayerCapture.taps` computes in the forward pass the per-map mean activation (N, C) and
+  registers a tensor hook that, when the backward pass reaches ``a_l``, reduces
+  ``q_lj = Σ_rest a_lj · ∂p/∂a_lj`` to (N, C) and lets go of ``a_l`` and its gradient. Memory is
+  that of the plain forward + backward plus the captured outputs autograd does not keep anyway,
+  plus O(N·ΣC); no gradient outlives its layer (Liu et al. 2018, Eq. 4–5 inputs).
+
+For traced graphs the model is re-traced into a GraphModule in which each layer is exactly one
+graph node (a module called twice gives two different tensors). A captured node feeding an
+in-place op (``ReLU(inplace=True)``, ``+=``) is cloned and its consumers rerouted to the clone,
+so the captured tensor keeps its value and still lies on the path to the logits (its gradient
+is the true ∂p/∂a). Untraceable models use forward hooks in call order (fallback graph); hooks
 are removed after every call, so the model is left unchanged.
 """
 
 from __future__ import annotations
+
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -23,21 +38,116 @@ from aevis_core.graph.types import LayerGraph
 Tensor = torch.Tensor
 
 
-def _capture_module(model: nn.Module, graph: LayerGraph, layer_ids: list[str]) -> fx.GraphModule:
-    gm = trace(model)
-    by_name = {n.name: n for n in gm.graph.nodes}
+def map_q(a: Tensor, g: Tensor, axis: int) -> Tensor:
+    """``q_nj = Σ_rest a · g`` (N, C) for ``a``, ``g`` of any layout with the maps on ``axis`` (batch at 0)."""
+    if a.dim() == 2:
+        return a * g if axis == 1 else (a * g).sum(1, keepdim=True)
+    letters = string.ascii_lowercase[: a.dim()]
+    return torch.einsum(f"{letters},{letters}->a{letters[axis]}", a, g)
+
+
+def map_mean(a: Tensor, axis: int) -> Tensor:
+    """Per-map mean (N, C) of ``a`` over every axis but the batch and ``axis``."""
+    dims = tuple(d for d in range(1, a.dim()) if d != axis)
+    if not dims:
+        return a.clone()
+    return a.mean(dim=dims)
+
+
+def canonical(a: Tensor, axis: int) -> Tensor:
+    """``a`` with its map axis moved to 1: (N, C, *rest) (a view; ``a`` itself when already there)."""
+    return a if axis == 1 else a.movedim(axis, 1)
+
+
+@dataclass
+class Taps:
+    """One batch's captured summaries: ``mean[l]`` (N, C) filled in the forward pass, ``q[l]`` (N, C)
+    filled by the backward pass (zeros for layers the gradient never reached)."""
+
+    axes: dict[str, int]
+    mean: dict[str, Tensor] = field(default_factory=dict)
+    q: dict[str, Tensor] = field(default_factory=dict)
+    _held: dict[str, Tensor] = field(default_factory=dict)
+
+    def tap(self, lid: str, a: Tensor) -> None:
+        """Forward: summarise ``a`` and hook its gradient (holding ``a`` only until the hook runs)."""
+        ax = self.axes[lid]
+        with torch.no_grad():
+            self.mean[lid] = map_mean(a.detach(), ax)
+        if a.requires_grad:
+            self._held[lid] = a
+            a.register_hook(lambda g, lid=lid: self._grad(lid, g))
+
+    def _grad(self, lid: str, g: Tensor) -> None:
+        a = self._held.pop(lid, None)
+        if a is None:  # a second gradient for the same tensor cannot happen in one backward
+            return
+        with torch.no_grad():
+            q = map_q(a.detach(), g, self.axes[lid])
+        self.q[lid] = q + self.q[lid] if lid in self.q else q
+
+    def finish(self) -> None:
+        """After the backward: zero q for layers not reached by the gradient; drop what is held."""
+        self._held.clear()
+        for lid, m in self.mean.items():
+            self.q.setdefault(lid, torch.zeros_like(m))
+
+
+class _Tap(nn.Module):
+    """Identity module the taps GraphModule calls after a captured node: ``a -> a`` plus recording."""
+
+    def __init__(self, lid: str, owner: LayerCapture) -> None:
+        super().__init__()
+        self.lid = lid
+        self.owner = [owner]  # a list, so the owner is not registered as a submodule
+
+    def forward(self, a: Tensor) -> Tensor:
+        taps = self.owner[0].current
+        if taps is not None:
+            taps.tap(self.lid, a)
+        return a
+
+
+def _protect_inplace(gm: fx.GraphModule, node: fx.Node, out_node: fx.Node) -> list[fx.Node]:
+    """Reroute consumers of ``node`` to a clone when one of them modifies it in place; return the users."""
     modules = dict(gm.named_modules())
+    users = [u for u in node.users if u is not out_node]
+    if any(is_inplace(u.target, modules.get(str(u.target)) if u.op == "call_module" else None) for u in users):
+        with gm.graph.inserting_after(node):
+            clone = gm.graph.call_method("clone", (node,))
+        for u in users:
+            u.replace_input_with(node, clone)
+        return [clone]
+    return users
+
+
+def _find(gm: fx.GraphModule, graph: LayerGraph, lid: str) -> fx.Node:
+    if lid == "input":
+        return next(n for n in gm.graph.nodes if n.op == "placeholder")
+    by_name = {n.name: n for n in gm.graph.nodes}
+    name = graph.fx_names.get(lid)
+    if name not in by_name:
+        raise AEVisError(f"layer {lid!r} is not in the re-traced graph: was the graph built from another model?")
+    return by_name[name]
+
+
+def _outputs_module(model: nn.Module, graph: LayerGraph, layer_ids: list[str], axes: dict[str, int]) -> fx.GraphModule:
+    """GraphModule ``x -> (logits, a_1, ..., a_m)`` with each ``a`` in the canonical layout (a view on the path)."""
+    gm = trace(model)
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     picked = []
     for lid in layer_ids:
-        node = by_name[graph.fx_names[lid]] if lid != "input" else next(
-            n for n in gm.graph.nodes if n.op == "placeholder")
-        users = [u for u in node.users if u is not out_node]
-        if any(is_inplace(u.target, modules.get(u.target) if u.op == "call_module" else None) for u in users):
+        node = _find(gm, graph, lid)
+        users = _protect_inplace(gm, node, out_node)
+        ax = axes[lid]
+        if ax != 1:  # canon = movedim(a, ax, 1) and consumers read movedim(canon, 1, ax): canon is on the path
             with gm.graph.inserting_after(node):
-                clone = gm.graph.call_method("clone", (node,))
+                canon = gm.graph.call_function(torch.movedim, (node, ax, 1))
+            with gm.graph.inserting_after(canon):
+                back = gm.graph.call_function(torch.movedim, (canon, 1, ax))
             for u in users:
-                u.replace_input_with(node, clone)
+                u.replace_input_with(node, back)
+            node = canon
         picked.append(node)
     orig = out_node.args[0]
     out_node.args = ((orig, *picked),)
@@ -46,39 +156,92 @@ def _capture_module(model: nn.Module, graph: LayerGraph, layer_ids: list[str]) -
     return gm
 
 
-class LayerCapture:
-    """Callable ``x -> (logits (N, K), {layer_id: activation (N, C, ...)})`` in one forward.
+def _taps_module(model: nn.Module, graph: LayerGraph, layer_ids: list[str], owner: LayerCapture) -> fx.GraphModule:
+    """GraphModule ``x -> logits`` calling a :class:`_Tap` right after every captured node."""
+    gm = trace(model)
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    for i, lid in enumerate(layer_ids):
+        node = _find(gm, graph, lid)
+        _protect_inplace(gm, node, out_node)
+        name = f"aevis_tap_{i}"
+        gm.add_submodule(name, _Tap(lid, owner))
+        with gm.graph.inserting_after(node):
+            gm.graph.call_module(name, (node,))
+    gm.graph.lint()
+    gm.recompile()
+    return gm
 
-    ``x`` should have ``requires_grad=True`` (or the model trainable parameters) for the
-    returned activations to carry gradients; use :func:`torch.autograd.grad` on them.
+
+class LayerCapture:
+    """Capture of ``layer_ids`` of ``graph`` in one forward pass (see the module doc).
+
+    ``cap(x) -> (logits (N, K), {layer: a (N, C, *rest)})``; ``cap.taps(x) -> (logits, Taps)``
+    followed by the caller's backward pass (e.g. ``torch.autograd.grad(p.sum(), x)``), then
+    ``taps.finish()``. ``x`` should have ``requires_grad=True`` (the model's parameters are frozen)
+    for gradients to flow. Unknown layers and layers without a feature-map axis are refused.
     """
 
     def __init__(self, model: nn.Module, graph: LayerGraph, layer_ids: list[str]) -> None:
-        unknown = [k for k in layer_ids if k not in graph.nodes]
-        if unknown:
-            raise AEVisError(f"unknown layer(s): {', '.join(unknown[:5])}")
+        graph.check_mapped(list(layer_ids))
         self.model = model
         self.graph = graph
         self.layer_ids = list(layer_ids)
-        self._gm = _capture_module(model, graph, self.layer_ids) if graph.traced else None
+        self.axes: dict[str, int] = {k: int(graph.nodes[k].channel_axis or 0) + 1 for k in self.layer_ids}
+        self.current: Taps | None = None
+        self._out_gm: fx.GraphModule | None = None
+        self._tap_gm: fx.GraphModule | None = None
 
     def __call__(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """One forward pass: logits and the chosen layers' outputs (batch first)."""
-        if self._gm is not None:
-            logits, *acts = self._gm(x)
+        """One forward pass: logits and the chosen layers' outputs, maps on axis 1 (batch first)."""
+        if self.graph.traced:
+            if self._out_gm is None:
+                self._out_gm = _outputs_module(self.model, self.graph, self.layer_ids, self.axes)
+            logits, *acts = self._out_gm(x)
             return logits, dict(zip(self.layer_ids, acts, strict=True))
-        want = set(self.layer_ids)
         got: dict[str, Tensor] = {}
 
-        def record(lid: str, path: str, mod: nn.Module, out: object) -> None:
-            if lid in want and isinstance(out, Tensor):
-                got[lid] = out
+        def record(lid: str, path: str, mod: nn.Module, out: object) -> Any:
+            if lid in self.axes and isinstance(out, Tensor):
+                ax = self.axes[lid]
+                if ax == 1:
+                    got[lid] = out
+                    return None
+                got[lid] = canon = out.movedim(ax, 1)
+                return canon.movedim(1, ax)  # the model continues from the view, so canon is on the path
+            return None
 
-        with call_hooks(self.model, record):
-            logits = self.model(x)
-        if "input" in want:
+        logits = self._hooked(x, record)
+        if "input" in self.axes:
             got["input"] = x
         return logits, {k: got[k] for k in self.layer_ids if k in got}
+
+    def taps(self, x: Tensor) -> tuple[Tensor, Taps]:
+        """One forward pass recording per-map means and hooking q into the next backward pass."""
+        taps = Taps(dict(self.axes))
+        self.current = taps
+        try:
+            if "input" in self.axes:
+                taps.tap("input", x)
+            if self.graph.traced:
+                if self._tap_gm is None:
+                    self._tap_gm = _taps_module(self.model, self.graph, self.layer_ids, self)
+                logits = self._tap_gm(x)
+            else:
+                def record(lid: str, path: str, mod: nn.Module, out: object) -> None:
+                    if lid in self.axes and lid != "input" and isinstance(out, Tensor):
+                        taps.tap(lid, out)
+
+                logits = self._hooked(x, record)
+        finally:
+            self.current = None
+        return logits, taps
+
+    def _hooked(self, x: Tensor, record: Callable[[str, str, nn.Module, object], Any]) -> Tensor:
+        with call_hooks(self.model, record):
+            out = self.model(x)
+        if not isinstance(out, Tensor):
+            raise AEVisError(f"the model returned {type(out).__name__}, expected a logits tensor")
+        return out
 
 
 def capture(model: nn.Module, graph: LayerGraph, layer_ids: list[str], x: Tensor,

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from aevis_core.graph.axes import module_axis
 from aevis_core.graph.ops import PASS_MODULES, module_kind
 from aevis_core.graph.types import LayerGraph, LayerNode
 
@@ -53,22 +54,35 @@ def call_hooks(model: nn.Module, on_call: Any) -> Iterator[None]:
 
 
 def graph_from_hooks(model: nn.Module, example: torch.Tensor, name: str, warning: str) -> LayerGraph:
-    """Chain graph of leaf-module calls for ``example`` (1, ...) with the fallback ``warning``."""
+    """Chain graph of leaf-module calls for ``example`` (B, ...) with the fallback ``warning``.
+
+    Each call's feature-map axis comes from its module type and the previous call's output
+    (:func:`~aevis_core.graph.axes.module_axis`); outputs whose first axis is not the batch are unmapped.
+    """
     nodes: dict[str, LayerNode] = {}
+    unmapped: dict[str, str] = {}
     shape = tuple(int(s) for s in example.shape[1:])
     nodes["input"] = LayerNode("input", "input", "input", shape, shape[0] if shape else 1)
-    prev = ["input"]
+    prev: list[Any] = ["input", 1, tuple(int(s) for s in example.shape)]  # id, axis (batch at 0), shape
 
     def record(lid: str, path: str, mod: nn.Module, out: Any) -> None:
         if not isinstance(out, torch.Tensor) or out.dim() < 2:
             return
-        oshape = tuple(int(s) for s in out.shape[1:])
+        full = tuple(int(s) for s in out.shape)
+        ax, why = module_axis(mod, prev[1], prev[2], full)
+        if full[0] != example.shape[0]:
+            ax, why = None, "the batch is not its first axis"
+        oshape = full[1:]
         parts = _strip(path).split(".")
         groups = tuple(".".join(parts[:i]) for i in range(1, len(parts)))
-        nodes[lid] = LayerNode(lid, module_kind(mod), type(mod).__name__, oshape, oshape[0],
-                               [prev[0]], _strip(path), groups, len(nodes))
-        prev[0] = lid
+        cax = None if ax is None else ax - 1
+        if cax is None:
+            unmapped[lid] = why
+        nodes[lid] = LayerNode(lid, module_kind(mod), type(mod).__name__, oshape,
+                               0 if cax is None else oshape[cax], [prev[0]], _strip(path), groups, len(nodes),
+                               channel_axis=cax)
+        prev[:] = [lid, ax, full]
 
     with torch.no_grad(), call_hooks(model, record):
         model(example)
-    return LayerGraph(name, nodes, [], traced=False, warning=warning)
+    return LayerGraph(name, nodes, [], traced=False, warning=warning, unmapped=unmapped)

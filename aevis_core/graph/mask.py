@@ -14,7 +14,9 @@ the fx graph at the chosen layer's node into
     \\tilde a_{bj\\cdot} = m_j\\, a_{bj\\cdot} + (1 - m_j)\\, f_j
     \\qquad (m \\in \\mathbb{R}^n \\text{ or } \\mathbb{R}^{B \\times n},\\ f \\text{ idem, default } 0),
 
-broadcast over the spatial positions. With ``f = 0`` this is Eq. 4's ``a ⊙ z``; ``f`` = the
+broadcast over the spatial positions (every axis but the batch and the layer's channel axis:
+tokens of a (N, T, D) attention output, positions of a channels-last (N, H, W, C) block). With
+``f = 0`` this is Eq. 4's ``a ⊙ z``; ``f`` = the
 per-map dataset mean replaces removed maps by a constant ("mean ablation") instead of zero.
 ``m = 1`` reproduces the original output bit for bit (``a · 1 + 0 · f = a``).
 
@@ -53,17 +55,20 @@ def _expand(v: Tensor, a: Tensor) -> Tensor:
     return v.reshape(v.shape[0], v.shape[1], *([1] * (a.dim() - 2)))
 
 
-def apply_mask(a: Tensor, mask: Tensor, fill: Tensor | None = None) -> Tensor:
+def apply_mask(a: Tensor, mask: Tensor, fill: Tensor | None = None, axis: int = 1) -> Tensor:
     """``a · m + (1 − m) · f`` per feature map.
 
     Args:
-        a: (B, n, *spatial) layer output (or (B, n) for vector layers).
+        a: (B, n, *spatial) layer output (or (B, n) for vector layers); with ``axis`` ≠ 1 the maps
+            lie on that axis of ``a`` instead (e.g. ``axis=3`` for a channels-last (B, H, W, n)).
         mask: (n,) or (B, n) mask m (any real values; [0, 1] for Eq. 4); may require grad.
         fill: (n,) or (B, n) replacement f of removed maps; ``None`` means 0 (then ``a · m``).
 
     Returns:
-        (B, n, *spatial) new tensor (``a`` is never modified in place).
+        new tensor of ``a``'s shape (``a`` is never modified in place).
     """
+    if axis != 1:
+        return apply_mask(a.movedim(axis, 1), mask, fill).movedim(1, axis)
     m = _expand(mask, a)
     if fill is None:
         return a * m
@@ -109,6 +114,7 @@ class MaskedModel:
             raise AEVisError(f"unknown layer {layer_id!r}")
         if layer_id != "input" and layer_id not in graph.fx_names:
             raise AEVisError(f"layer {layer_id!r} has no torch.fx node to mask")
+        graph.check_mapped([layer_id])
         node_info = graph.nodes[layer_id]
         if len(node_info.shape) < 1:
             raise AEVisError(f"layer {layer_id!r} has no feature-map axis")
@@ -128,14 +134,16 @@ class MaskedModel:
                 raise AEVisError(f"layer {layer_id!r} ({fx_name}) is not in the re-traced graph: "
                                  "was the graph built from another model?")
             target = by_name[fx_name]
-        self.prefix_module, self.suffix_module, self._clone_cross = self._split(gm, nodes, target)
+        self.axis = int(node_info.channel_axis or 0) + 1  # map axis of the raw output (batch at 0)
+        self.prefix_module, self.suffix_module, self._clone_cross = self._split(gm, nodes, target, self.axis)
 
     # -- graph surgery -------------------------------------------------------------------------
 
     @staticmethod
-    def _split(gm: fx.GraphModule, nodes: list[fx.Node],
-               target: fx.Node) -> tuple[fx.GraphModule, fx.GraphModule, tuple[bool, ...]]:
-        """Prefix / suffix GraphModules around ``target`` (see module doc)."""
+    def _split(gm: fx.GraphModule, nodes: list[fx.Node], target: fx.Node,
+               axis: int = 1) -> tuple[fx.GraphModule, fx.GraphModule, tuple[bool, ...]]:
+        """Prefix / suffix GraphModules around ``target`` (see module doc); the prefix returns the
+        layer's output with its maps (on ``axis``) moved to axis 1, the suffix moves them back."""
         idx = nodes.index(target)
         prefix_nodes = nodes[: idx + 1]
         suffix_nodes = nodes[idx + 1:]
@@ -161,7 +169,8 @@ class MaskedModel:
         env: dict[fx.Node, fx.Node] = {}
         for nd in prefix_nodes:
             env[nd] = pg.node_copy(nd, lambda a: env[a])
-        pg.output((env[target], *[env[c] for c in crossing]))
+        out = env[target] if axis == 1 else pg.call_function(torch.movedim, (env[target], axis, 1))
+        pg.output((out, *[env[c] for c in crossing]))
         prefix = fx.GraphModule(gm, pg, "MaskedPrefix")
 
         sg = fx.Graph()
@@ -170,7 +179,8 @@ class MaskedModel:
         cross_ph = [sg.placeholder(f"cross_{i}") for i in range(len(crossing))]
         mask = sg.placeholder("mask")
         fill = sg.placeholder("fill", default_value=None)
-        senv[target] = sg.call_function(apply_mask, (act, mask, fill))
+        masked = sg.call_function(apply_mask, (act, mask, fill))
+        senv[target] = masked if axis == 1 else sg.call_function(torch.movedim, (masked, 1, axis))
         for c, ph in zip(crossing, cross_ph, strict=True):
             senv[c] = ph
         for nd in suffix_nodes:

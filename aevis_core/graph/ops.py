@@ -15,7 +15,8 @@ PASS_MODULES: tuple[type[nn.Module], ...] = (nn.Identity, nn.Dropout, nn.Dropout
 #: Shape-only functions / methods that are pass-through too.
 PASS_NAMES = frozenset({
     "flatten", "view", "reshape", "contiguous", "squeeze", "unsqueeze", "clone", "to", "float",
-    "type_as", "detach", "dropout", "identity", "size",
+    "type_as", "detach", "dropout", "identity", "size", "permute", "transpose", "swapaxes", "swapdims",
+    "movedim", "moveaxis", "expand", "expand_as", "view_as", "reshape_as", "unflatten",
 })
 #: Modules that always stay leaves when tracing (parametric ones and our normaliser).
 LEAF_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d,
@@ -38,7 +39,8 @@ _FUNC_KINDS: dict[str, str] = {
     "gelu": "act", "sigmoid": "act", "tanh": "act", "hardtanh": "act", "hardswish": "act",
     "leaky_relu": "act", "elu": "act", "softmax": "act", "adaptive_avg_pool2d": "pool",
     "avg_pool2d": "pool", "max_pool2d": "pool", "mean": "pool", "linear": "linear",
-    "conv2d": "conv", "pad": "pad", "getitem": "slice", "batch_norm": "bn",
+    "conv2d": "conv", "pad": "pad", "getitem": "slice", "batch_norm": "bn", "layer_norm": "bn",
+    "group_norm": "bn", "instance_norm": "bn", "stack": "cat",
 }
 
 

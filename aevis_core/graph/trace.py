@@ -18,6 +18,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from aevis_core.errors import ModelLoadError
+from aevis_core.graph.axes import AxisInference
 from aevis_core.graph.blocks import find_blocks
 from aevis_core.graph.ops import (
     LEAF_TYPES,
@@ -80,9 +81,16 @@ def _place(node: fx.Node, module: str | None) -> tuple[tuple[str, ...], str]:
 
 
 def graph_from_fx(gm: fx.GraphModule, example: torch.Tensor, name: str) -> LayerGraph:
-    """Turn a traced GraphModule into a :class:`LayerGraph` (shapes from one example forward)."""
+    """Turn a traced GraphModule into a :class:`LayerGraph` (shapes from one example forward).
+
+    ``example`` should hold two images (B = 2), so outputs whose first axis is not the batch are
+    recognised; every layer gets its feature-map axis from :class:`~aevis_core.graph.axes.AxisInference`.
+    Values that do not depend on the input (parameters, constants) are not layers.
+    """
     ShapeProp(gm).propagate(example)
+    axes = AxisInference(gm, int(example.shape[0]))
     modules = dict(gm.named_modules())
+    unmapped: dict[str, str] = {}
     alias: dict[fx.Node, list[str]] = {}  # fx node -> layer ids it stands for
     nodes: dict[str, LayerNode] = {}
     fx_names: dict[str, str] = {}  # layer id -> fx node name (for capture)
@@ -105,6 +113,9 @@ def graph_from_fx(gm: fx.GraphModule, example: torch.Tensor, name: str) -> Layer
             continue
         if n.op in ("output", "get_attr"):
             continue
+        if n not in axes.dependent:  # constants and shape arithmetic (x.size(0)) carry no data
+            alias[n] = []
+            continue
         is_tensor = isinstance(tm, torch.fx.passes.shape_prop.TensorMetadata)
         mod = modules.get(n.target) if n.op == "call_module" else None
         passthrough = (not is_tensor or isinstance(mod, PASS_MODULES)
@@ -122,20 +133,30 @@ def graph_from_fx(gm: fx.GraphModule, example: torch.Tensor, name: str) -> Layer
         while uid in nodes:  # a module called twice: second call gets "#2"
             k += 1
             uid = f"{base}#{k}"
+        ax = axes.axis(n)
+        cax = None if ax is None else ax - 1
+        if cax is None:
+            unmapped[uid] = axes.reason.get(n, "unknown layout")
         nodes[uid] = LayerNode(
-            id=uid, op=op, target=target, shape=shape, channels=shape[0], inputs=parents(n),
-            module=module, groups=groups, order=len(nodes),
+            id=uid, op=op, target=target, shape=shape, channels=0 if cax is None else shape[cax],
+            inputs=parents(n), module=module, groups=groups, order=len(nodes), channel_axis=cax,
         )
         alias[n] = [uid]
         fx_names[uid] = n.name
-    graph = LayerGraph(name, nodes, fx_names=fx_names)
+    warning = None
+    if unmapped:
+        first = next(iter(unmapped.items()))
+        warning = (f"{len(unmapped)} layer(s) have no feature-map axis and are left out of extraction "
+                   f"(e.g. {first[0]}: {first[1]})")
+        log.info(warning)
+    graph = LayerGraph(name, nodes, fx_names=fx_names, unmapped=unmapped, warning=warning)
     graph.blocks = find_blocks(graph)
     return graph
 
 
 def build_graph(model: nn.Module, input_shape: tuple[int, ...], name: str = "model") -> LayerGraph:
     """Layer DAG of ``model`` for inputs of shape (C, H, W) (or (F,)); fx first, hooks as fallback."""
-    example = torch.zeros((1, *input_shape), device=_device(model))
+    example = torch.zeros((2, *input_shape), device=_device(model))  # B = 2: the batch axis is recognisable
     was_training = model.training
     model.eval()
     try:

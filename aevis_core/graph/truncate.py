@@ -6,8 +6,9 @@ re-traces the model with :func:`aevis_core.graph.trace.trace` and keeps the fx g
 the layer's node (``graph.fx_names[layer_id]``), which becomes the output; nodes the output does
 not depend on are eliminated (an in-place op that writes into a value still read later is
 kept). A module called twice is two different fx nodes, so ``_blocks.1._swish#2`` stops after
-the *second* call. The truncated value is the layer's output as the next node reads it, i.e.
-what :class:`~aevis_core.graph.capture.LayerCapture` returns.
+the *second* call. The truncated value is the layer's output as the next node reads it, with its
+feature maps moved to axis 1 (N, C, *rest) as :class:`~aevis_core.graph.capture.LayerCapture`
+returns it (a channels-last (N, H, W, C) output comes back as (N, C, H, W)).
 
 For untraced (hook-fallback) graphs the model itself runs with forward hooks
 (:func:`aevis_core.graph.fallback.call_hooks`) and the forward pass is aborted by an internal
@@ -40,8 +41,10 @@ class _StopForward(Exception):
     """Raised by the fallback hook to abort the forward pass right after the layer."""
 
 
-def truncate_graph_module(gm: fx.GraphModule, node_name: str | None) -> fx.GraphModule:
+def truncate_graph_module(gm: fx.GraphModule, node_name: str | None, axis: int = 1) -> fx.GraphModule:
     """New GraphModule ``x -> value of node ``node_name````; ``None`` means the input placeholder.
+
+    With ``axis`` ≠ 1 the value's axis ``axis`` (the layer's feature maps) is moved to 1.
 
     Nodes after the target are dropped; nodes before it that the output does not depend on are
     eliminated too, except in-place ops (``relu_``, ``+=``, ``ReLU(inplace=True)``) whose
@@ -63,7 +66,7 @@ def truncate_graph_module(gm: fx.GraphModule, node_name: str | None) -> fx.Graph
     env: dict[fx.Node, fx.Node] = {}
     for n in keep:
         env[n] = new.node_copy(n, lambda a: env[a])
-    new.output(env[target])
+    new.output(env[target] if axis == 1 else new.call_function(torch.movedim, (env[target], axis, 1)))
     out = fx.GraphModule(gm, new, "Truncated")
     modules = dict(out.named_modules())
     order = {n: i for i, n in enumerate(out.graph.nodes)}
@@ -96,18 +99,19 @@ class TruncatedModel:
     """
 
     def __init__(self, model: nn.Module, graph: LayerGraph, layer_id: str) -> None:
-        if layer_id not in graph.nodes:
-            raise AEVisError(f"unknown layer {layer_id!r}")
+        graph.check_mapped([layer_id])
         self.model = model
+        self.axis = int(graph.nodes[layer_id].channel_axis or 0) + 1
         self.graph = graph
         self.layer_id = layer_id
-        self.shape: tuple[int, ...] = tuple(graph.nodes[layer_id].shape)
+        node = graph.nodes[layer_id]
+        self.shape: tuple[int, ...] = (node.channels, *node.spatial)  # of one output, maps first
         self.gm: fx.GraphModule | None = None
         if graph.traced:
             if layer_id != "input" and layer_id not in graph.fx_names:
                 raise AEVisError(f"layer {layer_id!r} has no torch.fx node")
             name = None if layer_id == "input" else graph.fx_names[layer_id]
-            self.gm = truncate_graph_module(trace(model), name)
+            self.gm = truncate_graph_module(trace(model), name, self.axis)
 
     @property
     def device(self) -> torch.device:
@@ -129,7 +133,7 @@ class TruncatedModel:
 
         def record(lid: str, path: str, mod: nn.Module, out: object) -> None:
             if lid == self.layer_id and isinstance(out, Tensor):
-                got.append(out)
+                got.append(out if self.axis == 1 else out.movedim(self.axis, 1))
                 raise _StopForward
 
         with call_hooks(self.model, record):

@@ -5,14 +5,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from aevis_core.errors import AEVisError
+
 
 @dataclass
 class LayerNode:
     """One layer = one tensor-valued node of the traced graph (not one module).
 
     ``shape`` is the output shape without the batch axis, e.g. (64, 8, 8) or (10,).
-    ``channels`` is the number of feature maps: C for (C, H, W) outputs, F for (F,) outputs
-    (each neuron of an MLP layer is one feature map). ``groups`` is the module hierarchy the
+    ``channel_axis`` is the axis of ``shape`` that indexes the feature maps (:mod:`.axes`): 0 for
+    channels-first (C, H, W) and (F,) outputs, 2 for a channels-last (H, W, C) ConvNeXt block, 1
+    for a token × dim (T, D) attention output; ``None`` when the output cannot be mapped to
+    feature maps (such layers are left out of extraction). ``channels`` is the number of feature
+    maps, ``shape[channel_axis]`` (0 when unmapped). ``groups`` is the module hierarchy the
     node sits in, outermost first, e.g. ("layer2", "layer2.3"); ``module`` is the module path
     for module calls (shared by every call of a module that is called twice).
     """
@@ -26,17 +31,22 @@ class LayerNode:
     module: str | None = None
     groups: tuple[str, ...] = ()
     order: int = 0
+    channel_axis: int | None = 0
 
     @property
     def spatial(self) -> tuple[int, ...]:
-        """Spatial part of the output shape: (H, W) for conv maps, () for vectors."""
-        return self.shape[1:]
+        """Output shape without the channel axis: (H, W) for conv maps, (T,) for tokens, () for vectors."""
+        if self.channel_axis is None:
+            return self.shape
+        return self.shape[:self.channel_axis] + self.shape[self.channel_axis + 1:]
 
 
 @dataclass
 class Block:
     """A building block: the sub-graph between a split and the merge that closes it.
 
+    ``kind`` is ``residual`` (the merge adds its inputs) or ``concat`` (the merge concatenates
+    them, as in DenseNet / Inception: the merged maps are the union of the inputs' maps).
     ``members`` are the nodes strictly after ``split`` up to and including ``merge`` that lie on
     a path from split to merge, in topological order.
     """
@@ -50,7 +60,10 @@ class Block:
 
 @dataclass
 class LayerGraph:
-    """A DAG of layers in topological order, with residual blocks and how it was built."""
+    """A DAG of layers in topological order, with residual / concat blocks and how it was built.
+
+    ``unmapped``: layer id -> why its output has no feature-map axis (see :mod:`.axes`).
+    """
 
     model_name: str
     nodes: dict[str, LayerNode]
@@ -58,6 +71,7 @@ class LayerGraph:
     traced: bool = True
     warning: str | None = None
     fx_names: dict[str, str] = field(default_factory=dict)
+    unmapped: dict[str, str] = field(default_factory=dict)
 
     @property
     def order(self) -> list[str]:
@@ -76,13 +90,28 @@ class LayerGraph:
             out[p].append(c)
         return out
 
-    def merges(self) -> list[str]:
-        """Ids of residual merge nodes (adds with two or more layer inputs)."""
-        return [b.merge for b in self.blocks]
+    def merges(self, kind: str | None = None) -> list[str]:
+        """Ids of merge nodes (adds or concatenations of two or more layers), optionally of one block kind."""
+        return [b.merge for b in self.blocks if kind is None or b.kind == kind]
+
+    def blocks_of(self, kind: str) -> list[Block]:
+        """Blocks of one kind (``residual`` or ``concat``)."""
+        return [b for b in self.blocks if b.kind == kind]
 
     def feature_layers(self, ops: tuple[str, ...] | None = None) -> list[str]:
-        """Ids of layers with feature maps (not the input), optionally only of the given ops."""
-        return [k for k, n in self.nodes.items() if n.op != "input" and (ops is None or n.op in ops)]
+        """Ids of layers with feature maps (not the input, not unmapped), optionally only of the given ops."""
+        return [k for k, n in self.nodes.items()
+                if n.op != "input" and n.channel_axis is not None and (ops is None or n.op in ops)]
+
+    def check_mapped(self, layer_ids: list[str] | tuple[str, ...]) -> None:
+        """Raise a one-line :class:`AEVisError` for an unknown layer or one without feature maps."""
+        unknown = [k for k in layer_ids if k not in self.nodes]
+        if unknown:
+            raise AEVisError(f"unknown layer(s): {', '.join(unknown[:5])}")
+        for k in layer_ids:
+            if self.nodes[k].channel_axis is None:
+                why = self.unmapped.get(k, "unknown layout")
+                raise AEVisError(f"layer {k!r} (output {self.nodes[k].shape}) has no feature-map axis: {why}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (lists instead of tuples)."""
@@ -95,6 +124,7 @@ class LayerGraph:
             ],
             "blocks": [asdict(b) for b in self.blocks],
             "fx_names": dict(self.fx_names),
+            "unmapped": dict(self.unmapped),
         }
 
     @classmethod
@@ -107,4 +137,5 @@ class LayerGraph:
             nd["groups"] = tuple(nd["groups"])
             nodes[nd["id"]] = LayerNode(**nd)
         blocks = [Block(**b) for b in d["blocks"]]
-        return cls(d["model"], nodes, blocks, d["traced"], d["warning"], dict(d.get("fx_names", {})))
+        return cls(d["model"], nodes, blocks, d["traced"], d["warning"], dict(d.get("fx_names", {})),
+                   dict(d.get("unmapped", {})))

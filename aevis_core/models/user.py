@@ -105,14 +105,26 @@ def load_factory_model(spec: str, model_dir: Path | None = None) -> ModelEntry:
     return wrap(mspec, spec)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
 def load_torchvision_model(name: str) -> ModelEntry:
-    """``torchvision:<name>`` with its default ImageNet weights from the local torch hub cache only."""
+    """``torchvision:<name>`` with its default ImageNet weights from the local torch hub cache only.
+
+    Any failure of the optional source (not installed, an import that raises — e.g. a CUDA build
+    of torchvision next to a CPU torch —, an unknown name, weights that do not load) is one
+    :class:`ModelLoadError` line.
+    """
     try:
         import torchvision  # noqa: F401
         from torch.hub import get_dir
         from torchvision import models as tvm
     except ImportError as exc:
         raise ModelLoadError("torchvision is not installed; torchvision:<name> models need it") from exc
+    except Exception as exc:  # noqa: BLE001 - a broken install raises anything (RuntimeError, OSError, ...)
+        raise ModelLoadError(f"torchvision cannot be imported ({_first_line(exc)})") from exc
     try:
         weights = tvm.get_model_weights(name).DEFAULT
     except Exception as exc:  # noqa: BLE001
@@ -122,8 +134,13 @@ def load_torchvision_model(name: str) -> ModelEntry:
         raise ModelLoadError(
             f"torchvision:{name} weights are not in the local cache ({file}); AEVis never downloads at run time"
         )
-    net = tvm.get_model(name, weights=None)
-    net.load_state_dict(read_state_dict(file))
+    try:
+        net = tvm.get_model(name, weights=None)
+        net.load_state_dict(read_state_dict(file))
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"torchvision:{name} cannot be built from {file.name} ({_first_line(exc)})") from exc
     from aevis_core.resources import imagenet_classes
 
     spec = ModelSpec(net, (224, 224), list(imagenet_classes()), mean=(0.485, 0.456, 0.406),

@@ -1,0 +1,93 @@
+"""Capture by tensor hooks: q reduced as the backward reaches each layer, nothing held afterwards,
+the hook fallback gives the same q, reductions on any axis."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from aevis_core.datapath.scores_pass import batch_scores
+from aevis_core.graph import LayerCapture, build_graph
+from aevis_core.graph.capture import Taps, map_mean, map_q
+from aevis_core.models.base import ModelSpec, wrap
+from tests.toy_models import InplaceNet, Untraceable
+
+
+@pytest.mark.parametrize("shape,axis", [((2, 3), 1), ((2, 4, 5, 3), 3), ((2, 3, 4, 5), 1), ((2, 5, 6), 2)])
+def test_map_q_and_mean_reduce_every_other_axis(shape, axis):
+    torch.manual_seed(0)
+    a, g = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    dims = [d for d in range(1, len(shape)) if d != axis]
+    want_q = (a * g).sum(dims) if dims else a * g
+    want_m = a.mean(dims) if dims else a
+    assert torch.allclose(map_q(a, g, axis), want_q) and map_q(a, g, axis).shape == (2, shape[axis])
+    assert torch.allclose(map_mean(a, axis), want_m)
+
+
+def test_each_hook_releases_its_layer_during_the_backward(resnet20, resnet20_graph):
+    """When layer l's hook runs, every layer after l (closer to the output) is already released."""
+    g = resnet20_graph
+    ids = g.feature_layers()
+    cap = LayerCapture(resnet20.model, g, ids)
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    held_when: list[int] = []
+    orig = Taps._grad
+
+    def spy(self, lid, grad):
+        held_when.append(len(self._held))
+        return orig(self, lid, grad)
+
+    Taps._grad = spy
+    try:
+        logits, taps = cap.taps(x)
+        assert len(taps._held) == len(ids)  # forward done: every layer held until its gradient comes
+        torch.autograd.grad(torch.softmax(logits, 1)[:, 0].sum(), [x])
+    finally:
+        Taps._grad = orig
+    taps.finish()
+    assert held_when == list(range(len(ids), 0, -1))  # strictly one fewer at every hook
+    assert taps._held == {} and set(taps.q) == set(ids)
+    assert all(taps.q[k].shape == (2, g.nodes[k].channels) for k in ids)
+    assert all(not m._forward_hooks for m in resnet20.model.modules())
+
+
+def test_hook_fallback_gives_the_same_q_as_autograd():
+    torch.manual_seed(0)
+    e = wrap(ModelSpec(Untraceable(), (6, 6), ["a", "b"]), "untraceable")
+    with pytest.warns(RuntimeWarning):
+        g = build_graph(e.model, (3, 6, 6), "untraceable")
+    assert not g.traced and [g.nodes[k].channel_axis for k in ("conv", "act", "act#2", "fc")] == [0, 0, 0, 0]
+    x = torch.rand(3, 3, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bs = batch_scores(LayerCapture(e.model, g, ["conv", "act#2"]), x, torch.tensor([0, 1, 0]), "logit")
+    net = e.model.net
+    xx = x.clone().requires_grad_(True)
+    conv = net.conv(e.model.normalize(xx))
+    y = torch.relu(conv)
+    y2 = torch.relu(2 * y)
+    logits = net.fc(y2.mean(dim=(2, 3)))
+    p = logits.gather(1, torch.tensor([[0], [1], [0]])).sum()
+    gc, gy = torch.autograd.grad(p, [conv, y2])
+    assert np.allclose(bs.q["conv"].numpy(), (conv * gc).sum((2, 3)).double().detach().numpy(), atol=1e-6)
+    assert np.allclose(bs.q["act#2"].numpy(), (y2 * gy).sum((2, 3)).double().detach().numpy(), atol=1e-6)
+    assert not net.conv._forward_hooks
+
+
+def test_inplace_consumer_does_not_corrupt_the_held_activation():
+    torch.manual_seed(0)
+    e = wrap(ModelSpec(InplaceNet(), (5, 5), ["a", "b"]), "inplace")
+    g = build_graph(e.model, (3, 5, 5), "inplace")
+    x = torch.randn(2, 3, 5, 5)
+    bs = batch_scores(LayerCapture(e.model, g, ["conv"]), x, torch.tensor([0, 1]), "logit")
+    net = e.model.net
+    xx = x.clone().requires_grad_(True)
+    conv = net.conv(e.model.normalize(xx))
+    assert (conv < 0).any()  # the in-place ReLU would have overwritten these values
+    logits = net.fc(torch.relu(conv).mean(dim=(2, 3)))
+    (gc,) = torch.autograd.grad(logits.gather(1, torch.tensor([[0], [1]])).sum(), [conv])
+    assert np.allclose(bs.q["conv"].numpy(), (conv * gc).sum((2, 3)).double().detach().numpy(), atol=1e-6)
+    assert np.allclose(bs.mean_act["conv"].numpy(), conv.mean((2, 3)).double().detach().numpy(), atol=1e-6)
