@@ -13,7 +13,7 @@ ENV = {**os.environ, "AEVIS_DEVICE": "cpu"}
 
 
 def aevis(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "app.server.cli", *args], capture_output=True,
                           text=True, timeout=timeout, env=ENV)
 
 
@@ -99,3 +99,59 @@ def test_score_and_demo(tmp_path):
     r = aevis("demo", "--model", "cifar-resnet20", "--eps", "8/255", "--n", "4")
     assert r.returncode == 0, r.stderr
     assert "clean top-1 accuracy" in r.stdout and "MI-FGSM fooled" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory):
+    """6 demo airplanes and their MI-FGSM twins as `aevis attack` writes them (x.clean.png, x.adv.png)."""
+    folder = tmp_path_factory.mktemp("adv")
+    r = aevis("attack", "cifar-resnet20", "demo:cifar10", "--eps", "8/255", "--limit", "6", "--out", str(folder))
+    assert r.returncode == 0, r.stderr
+    return folder
+
+
+def test_compare_prints_the_diverging_point_and_writes_json(attacked, tmp_path):
+    out = tmp_path / "cmp.json"
+    r = aevis("compare", "cifar-resnet20", "--normal", str(attacked / "*.clean.png"),
+              "--adversarial", str(attacked / "*.adv.png"), "--draws", "19", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "6 pair(s)" in r.stdout and "control shuffled (R = 19 draws)" in r.stdout
+    line = next(x for x in r.stdout.splitlines() if x.startswith("diverging point: "))
+    d = json.loads(out.read_text())
+    point = d["diverging_point"]
+    assert point["layer"] is not None and line.startswith(f"diverging point: {point['layer']} ")
+    layers = [e["layer"] for e in d["divergence"]["evidence"]]
+    assert point["layer"] in layers and layers[point["index"]] == point["layer"]
+    assert point["evidence"]["below"] and len(point["evidence"]["p_images"]) == 6
+    assert point["gate_p"] == pytest.approx(1 / 20)                      # the smallest with R = 19
+    assert sorted(p[0] for p in d["pairs"]) == [f"airplane_000{i}.clean" for i in range(6)]
+    assert all(a == n.replace(".clean", ".adv") for n, a in d["pairs"])
+    assert d["control"]["kind"] == "shuffled"
+    assert d["control"]["rms_control_255"] == pytest.approx(d["control"]["rms_adv_255"], rel=1e-3)
+    drops = [e["effect"] for e in d["most_different"]]
+    assert len(drops) == 5 and drops == sorted(drops, reverse=True)
+    assert drops[0] == max(e["effect"] for e in d["divergence"]["evidence"])
+
+
+@pytest.mark.slow
+def test_compare_through_the_demo_and_a_folder_with_other_controls(attacked, tmp_path):
+    r = aevis("compare", "cifar-resnet20", "--normal", "demo:cifar10:airplane", "--adversarial", str(attacked),
+              "--control", "uniform", "--draws", "19")
+    assert r.returncode == 2 and "Traceback" not in r.stderr         # 10 demo airplanes, 6 twins
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aevis: error: unmatched images")
+    assert "normal airplane_0006, airplane_0007, airplane_0008, airplane_0009" in lines[0]
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for f in attacked.glob("airplane_000[0-2].*.png"):
+        (partial / f.name).write_bytes(f.read_bytes())
+    (partial / "airplane_0002.adv.png").unlink()
+    (partial / "stray.adv.png").write_bytes((attacked / "airplane_0003.adv.png").read_bytes())
+    r = aevis("compare", "cifar-resnet20", "--normal", str(partial), "--adversarial", str(partial))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "normal airplane_0002.clean" in lines[0] and "adversarial stray.adv" in lines[0]
+    r = aevis("compare", "cifar-resnet20", "--normal", str(attacked), "--adversarial", str(attacked),
+              "--control", "sign", "--draws", "19", "--layers", "layer3.2.add,avgpool,linear")
+    assert r.returncode == 0, r.stderr
+    assert "control sign (R = 19 draws)" in r.stdout and "3 layers" in r.stdout

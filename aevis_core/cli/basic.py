@@ -1,49 +1,15 @@
-"""``aevis`` command line: models, graph, attack, score, demo.
-
-User errors (bad model, bad images, bad options) print one line ``aevis: error: ...`` and exit
-with code 2, never a traceback. Long work shows a tqdm progress bar on stderr.
-"""
+"""``aevis models``, ``aevis graph`` and ``aevis attack``."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from aevis_core.errors import AEVisError
+from aevis_core.cli.common import add_common_attack, load_images, out, progress_bar
 
 if TYPE_CHECKING:
     from aevis_core.attacks import AttackConfig
-    from aevis_core.data import ImageSet
-
-log = logging.getLogger("aevis")
-
-
-def out(line: str = "") -> None:
-    """Write one line of command output to stdout (the CLI's own output, not logging)."""
-    sys.stdout.write(line + "\n")
-
-
-def progress_bar(desc: str, total: int) -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    """A tqdm bar on stderr as a ``progress(done, total)`` callback, plus a close function."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False)
-
-    def update(done: int, _total: int) -> None:
-        bar.update(done - bar.n)
-
-    return update, bar.close
-
-
-def load_images(spec: str, dataset: str | None = None) -> ImageSet:
-    """``demo:cifar10`` / ``demo:nips2017[:class]``, a folder, or a glob of files -> ImageSet."""
-    from aevis_core.cli_extract import load_set
-
-    return load_set(spec, spec, dataset)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -126,24 +92,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_common_attack(p: argparse.ArgumentParser) -> None:
-    """Attack options shared by ``attack`` and ``demo``."""
-    from aevis_core.attacks import METHODS
-
-    p.add_argument("--method", default="mifgsm", help=f"one of {', '.join(METHODS)} (default mifgsm)")
-    p.add_argument("--eps", default="4/255", help="L-inf budget in [0,1] pixel units, e.g. 4/255 (default)")
-    p.add_argument("--steps", type=int, default=10, help="iterations (default 10)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--target", type=int, default=None, help="targeted attack to this class index")
-
-
-def build_parser(extra: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
-    """The argparse tree of ``aevis``; ``extra(subparsers)`` adds commands (the app adds ``serve``)."""
-    p = argparse.ArgumentParser(prog="aevis", description="AEVis: why do networks misclassify adversarial examples?")
-    p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def register_basic(sub: Any) -> None:
+    """Add ``models``, ``graph`` and ``attack`` to the ``aevis`` sub-command parser."""
     s = sub.add_parser("models", help="list the built-in models")
     s.set_defaults(func=cmd_models)
 
@@ -160,30 +110,3 @@ def build_parser(extra: Callable[[Any], None] | None = None) -> argparse.Argumen
     s.add_argument("--limit", type=int, default=None, help="attack only the first N images")
     s.add_argument("--out", required=True, help="output folder for PNGs + manifest.json")
     s.set_defaults(func=cmd_attack)
-
-    from aevis_core.cli_more import register_more
-
-    register_more(sub)
-    if extra is not None:
-        extra(sub)
-    return p
-
-
-def main(argv: Sequence[str] | None = None, extra: Callable[[Any], None] | None = None) -> int:
-    """Entry point of the ``aevis`` command line; returns the exit code."""
-    parser = build_parser(extra)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except AEVisError as exc:
-        sys.stderr.write(f"aevis: error: {exc}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("aevis: interrupted\n")
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

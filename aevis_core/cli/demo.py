@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from aevis_core.cli import add_common_attack, load_images, out, progress_bar
+from aevis_core.cli.common import add_common_attack, load_images, out, progress_bar
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -98,7 +98,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_more(sub: Any) -> None:
+def register_demo(sub: Any) -> None:
     """Add ``demo`` (and ``score``) to the ``aevis`` sub-command parser."""
     s = sub.add_parser("demo", help="attack a few demo images and print predictions and scores")
     s.add_argument("--model", default="efficientnet-lite0", help="model (default efficientnet-lite0)")
@@ -114,7 +114,3 @@ def register_more(sub: Any) -> None:
     s.add_argument("--eps", default=None, help="eps of --fit-attack (default 4/255 ImageNet, 8/255 CIFAR)")
     s.add_argument("--no-cache", action="store_true")
     s.set_defaults(func=cmd_score)
-
-    from aevis_core.cli_extract import register_extract
-
-    register_extract(sub)

@@ -3,61 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 from pathlib import Path
 from typing import Any
 
+from aevis_core.cli.common import load_set, out, parse_set, progress_bar
 from aevis_core.errors import AEVisError
-
-
-def parse_set(spec: str) -> tuple[str, str]:
-    """``NAME=PATTERN`` -> (name, pattern)."""
-    name, sep, pattern = spec.partition("=")
-    if not sep or not name.strip() or not pattern.strip():
-        raise AEVisError(f"bad --set {spec!r}: expected NAME=PATTERN (a folder, a glob or demo:SET[:CLASS])")
-    return name.strip(), pattern.strip()
-
-
-def load_set(name: str, pattern: str, dataset: str | None) -> Any:
-    """Images of one ``--set``: ``demo:nips2017[:class name]``, a folder, or a glob of files."""
-    from aevis_core.data import ImageSet, decode_image, demo_path, load_image_set
-    from aevis_core.errors import ImageLoadError
-
-    if pattern.startswith("demo:"):
-        demo, _, cls = pattern[5:].partition(":")
-        s = load_image_set(demo_path(demo), name=name)
-        if cls:
-            idx = [i for i in range(len(s)) if s.label_name(i) == cls]
-            if not idx:
-                raise AEVisError(f"set {name}: no demo image of class {cls!r}")
-            s = s.subset(idx, name=name)
-        return s
-    if Path(pattern).is_dir() or not (glob.has_magic(pattern) or Path(pattern).is_file()):  # else: folder error
-        return load_image_set(Path(pattern), name=name, dataset=dataset)
-    files = sorted(glob.glob(pattern))
-    if not files:
-        raise AEVisError(f"set {name}: nothing matches {pattern!r}")
-    s = ImageSet(name=name)
-    for f in files:
-        try:
-            s.images.append(decode_image(Path(f)))
-        except ImageLoadError as exc:
-            s.problems.append((Path(f).name, str(exc)))
-            continue
-        s.ids.append(Path(f).stem)
-        s.labels.append(None)
-        s.paths.append(Path(f))
-        s.meta.append({})
-    if not s.images:
-        raise AEVisError(f"set {name}: no readable image ({s.problems[0][1]})")
-    return s
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     """Extract each set's datapath (cached), print a summary, write JSON."""
     from aevis_core.cache import ResultCache
-    from aevis_core.cli import out, progress_bar
     from aevis_core.datapath.extract import ExtractConfig, datapath_to_dict
     from aevis_core.datapath.service import cached_datapath
     from aevis_core.graph import build_graph
