@@ -1,216 +1,283 @@
-"""Faithfulness of datapath methods at equal k (ResNet-56 / CIFAR-10, EfficientNet-Lite0 / NIPS 2017).
+"""Held-out faithfulness of datapath methods (ResNet-56 / CIFAR-10, EfficientNet-Lite0 / NIPS 2017).
 
-For an early, a middle and a late layer of each model, every method ranks the layer's n
-feature maps once; only the top-k maps are kept (the others zeroed, or set to their mean over
-the images with ``fill=mean``) for k = 5 %, 10 %, 25 %, 50 % of n and, for each QP variant, at
-its own natural k = |{z > 0.5}| (the other QP variants show "-" there; row labels
-``nat:pn,pl,ln,ll`` = prob/none, prob/l1, logit/none, logit/l1, ``R`` = the refined QP).
-Reported per cell: ``preserved top-1 fraction / mean drop of the target probability``
-(targets = the unmasked predictions). Methods:
+Protocol (issue 11, item 3): the demo classes (sorted by class index) are split into a **tuning**
+half (even positions) and a **report** half (odd positions). Image sets: a *class set* is the
+images of one class; *mixed sets* take the half's images round-robin over its classes, cut into as
+many sets as the half has classes (same size as a class set). Targets are the model's predictions.
 
-* ``qp[score,norm]``: the exact box QP (Eq. 5) with the paper's λ = 0.1/n², q from the
-  target's probability (``prob``) or logit, raw (``none``) or per-image L1-normalised (``l1``);
-  ranked by z, ties by Σ_k q_kj;
-* ``gx[score,none]``: gradient × activation, Σ_k q_kj (same q as the QP);
-* ``act``: mean activation; ``random``: a seeded permutation.
+For an early, a middle and a late layer, every method ranks the layer's n maps once and only its
+top-k maps are kept (the others zeroed, ``zero``, or set to their mean over the set's images,
+``mean``) for k = 5, 10, 25, 50 % of n; the score of a method on a set is the preserved top-1
+fraction averaged over the layers and the k (and the mean drop of the target probability).
+Methods and their parameters:
 
-The ``l1`` variants are re-solved from the stored q of the ``none`` extraction (normalising is
-a per-image rescaling of q, so no further pass is needed). Extra sections: the natural set of
-the QP with a unit-free ridge λ = ρ·tr(Q)/n (ρ = 1e-3, 1e-1) against gx / act / random at the
-same k, and, at the late layers, the QP refined on the true Eq. 4
-objective (:func:`aevis_core.datapath.refine.refine_layer`, 20 PGD steps).
+* ``QP``: Eq. 5 solved exactly, score ``prob``/``logit``, q normalised ``none``/``l1``,
+  λ = 0.1/n² (``paper``) or ρ·tr(Q)/n with ρ ∈ {0.1, 1}; ranked by z, ties by Σ_k q_kj;
+* ``grad×act``: Σ_k q_kj with the same score / normalisation options;
+* ``activation``: mean activation; ``random``: a seeded permutation;
+* ``gates``: learned whole-network gates (:mod:`aevis_core.datapath.gates`, all feature layers at
+  once, L1 weight β ∈ {1, 5}, at most ``--gate-steps`` steps per set, no time limit, so the
+  result does not depend on the machine's load), ranked by the gate value, ties by Σ_k q_kj
+  (prob, l1).
 
-Images: ResNet-56 on the 100 CIFAR-10 demo images; EfficientNet-Lite0 on the first
-``--nips-per-class`` (default 2, i.e. 24 images; 5 = all 60) images of each of the 12
-five-image NIPS-2017 demo classes. ``--quick``: 32 CIFAR and 12 NIPS images.
+Each method's parameters are chosen on the tuning half's class sets only (zero fill, preserved
+top-1; ties by the drop); then every method, with its chosen parameters, is reported on the report
+half — class sets and mixed sets, zero and mean fill. The recommended default is the method that
+is best on the report half's class sets, averaged over both models (the main use: normal vs
+adversarial images of one class). A last section times the learned gates with the extraction
+defaults (``ExtractConfig(method="gates")``) on one class set per model.
 
-Usage: python bench/faithfulness.py [--quick] [--nips-per-class N] [--json out.json] [--threads T]
+Usage: python bench/faithfulness.py [--models m1,m2] [--nips-per-class N] [--gate-steps S]
+       [--nips-layers L] [--skip-gates] [--timing-only] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import time
-from collections import Counter
-from dataclasses import replace
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from aevis_core.data import demo_path, load_image_set
-from aevis_core.datapath.extract import Datapath, ExtractConfig, LayerDatapath, extract_datapath
+from aevis_core.datapath.extract import ExtractConfig, extract_datapath
+from aevis_core.datapath.gates import GateConfig, learn_datapath
 from aevis_core.datapath.qp import default_lambda
-from aevis_core.datapath.selection import QPAccumulator, critical_set
-from aevis_core.evaluate import FaithfulnessEvaluator, faithfulness_curve, rank_maps, resolve_ks
+from aevis_core.datapath.selection import QPAccumulator, rank_maps
+from aevis_core.faithfulness import FaithfulnessEvaluator, resolve_ks
 from aevis_core.graph import build_graph
 from aevis_core.models import load_model
 
 KS = (0.05, 0.1, 0.25, 0.5)
-VARIANTS = (("prob", "none"), ("prob", "l1"), ("logit", "none"), ("logit", "l1"))
-RHOS = (1e-3, 1e-1)
+SCORES = ("prob", "logit")
+NORMS = ("none", "l1")
+LAMS = ("paper", "rho=0.1", "rho=1")
+BETAS = (1.0, 5.0)
 MODELS = {
     "cifar-resnet56": ("cifar10", ["layer1.4.relu2", "layer2.4.relu2", "layer3.8.relu2"]),
     "efficientnet-lite0": ("nips2017", ["_blocks.2.add", "_blocks.9.add", "_swish#2"]),
 }
-REFINE_LAYERS = {"layer3.8.relu2", "_swish#2"}  # late layers: the suffix is cheap
+FAMILY = {"qp": "QP", "gx": "grad×act", "act": "activation", "random": "random", "gates": "gates"}
+CURRENT_DEFAULT = "qp[prob,l1,rho=0.1]"
+GATE_BUDGET = {"efficientnet-lite0": 100.0}  # timing section; ResNet-56 uses the default budget_s
 
 
-def resolve(dp: Datapath, normalize: str, lam: dict[str, float] | None = None) -> Datapath:
-    """The QP of every layer of a ``normalize="none"`` datapath re-solved from its stored q.
+@dataclass
+class ImageSet:
+    """One evaluation set: kind ``class`` | ``mixed``, half ``tune`` | ``report``, images, name."""
 
-    ``normalize="l1"`` divides each image's q by Σ_j |q_kj| (as ``extract_datapath`` does);
-    ``lam`` per layer (default 0.1 / n²). No forward or backward pass.
-    """
-    assert dp.config.normalize == "none"
-    layers: dict[str, LayerDatapath] = {}
-    qs: dict[str, np.ndarray] = {}
-    for k, ld in dp.layers.items():
-        q = dp.q[k].astype(np.float64)
-        if normalize == "l1":
-            q = q / np.maximum(np.abs(q).sum(1, keepdims=True), 1e-30)
-        lam_k = default_lambda(ld.n) if lam is None else lam[k]
-        res = QPAccumulator().add(q).solve(lam_k)
-        layers[k] = LayerDatapath(k, ld.n, res.z, critical_set(res.z, 0.5).tolist(), res.objective,
-                                  res.kkt_residual, res.lam)
-        qs[k] = q.astype(np.float32)
-    return replace(dp, config=replace(dp.config, normalize=normalize), layers=layers, q=qs, connections=[])
+    kind: str
+    half: str
+    name: str
+    images: list[Any]
 
 
-def nips_subset(per_class: int) -> tuple[list[Any], list[int]]:
-    """First ``per_class`` images of each of the NIPS demo classes that have five images."""
-    s = load_image_set(demo_path("nips2017"))
-    big = {c for c, m in Counter(s.labels).items() if m == 5}
-    taken: Counter[int] = Counter()
-    idx = []
-    for i, c in enumerate(s.labels):
-        if c in big and taken[c] < per_class:
-            taken[c] += 1
-            idx.append(i)
-    return [s.images[i] for i in idx], idx
+def family(variant: str) -> str:
+    return variant.split("[")[0]
 
 
-def cell(r: dict[str, Any] | None) -> str:
-    return "      -     " if r is None else f"{r['preserved']:.2f}/{r['drop']:+.3f}"
+def make_sets(demo: str, per_class: int | None) -> tuple[list[ImageSet], dict[str, list[int]]]:
+    """Class and mixed sets of both halves (classes with fewer than 5 images are left out of NIPS)."""
+    s = load_image_set(demo_path(demo))
+    counts = Counter(s.labels)
+    classes = sorted(c for c, m in counts.items() if c is not None and m >= 5)
+    halves = {"tune": classes[0::2], "report": classes[1::2]}
+    by_class: dict[int, list[Any]] = defaultdict(list)
+    for img, c in zip(s.images, s.labels, strict=True):
+        if c in classes and (per_class is None or len(by_class[c]) < per_class):
+            by_class[c].append(img)
+    sets: list[ImageSet] = []
+    for half, cls in halves.items():
+        for c in cls:
+            sets.append(ImageSet("class", half, f"class {c}", by_class[c]))
+        size = len(by_class[cls[0]])
+        pool = [by_class[c][i] for i in range(size) for c in cls]
+        for j in range(len(cls)):
+            chunk = pool[j * size:(j + 1) * size]
+            if chunk:
+                sets.append(ImageSet("mixed", half, f"mixed {j}", chunk))
+    return sets, {h: [int(c) for c in v] for h, v in halves.items()}
 
 
-def run_model(name: str, n_images: int | None, per_class: int, log: list[dict[str, Any]]) -> None:
+def lam_of(q: np.ndarray, n: int, lam: str) -> float:
+    if lam == "paper":
+        return default_lambda(n)
+    tr = float(np.einsum("ij,ij->", q, q))
+    return float(lam.split("=")[1]) * tr / n if tr > 0 else default_lambda(n)
+
+
+def l1(q: np.ndarray) -> np.ndarray:
+    return q / np.maximum(np.abs(q).sum(1, keepdims=True), 1e-30)
+
+
+def rankings(qs: dict[str, np.ndarray], act: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Every non-learned ranking of one layer from the raw q per score ((N, n), normalize none)."""
+    out: dict[str, np.ndarray] = {}
+    for score in SCORES:
+        for norm in NORMS:
+            q = qs[score] if norm == "none" else l1(qs[score])
+            g = q.sum(0)
+            out[f"gx[{score},{norm}]"] = rank_maps(g, act)
+            acc = QPAccumulator().add(q)
+            for lam in LAMS:
+                z = acc.solve(lam_of(q, n, lam)).z
+                out[f"qp[{score},{norm},{lam}]"] = rank_maps(z, g)
+    out["act"] = rank_maps(act, l1(qs["prob"]).sum(0))
+    out["random"] = np.random.default_rng(0).permutation(n).astype(np.intp)
+    return out
+
+
+def evaluate_set(entry: Any, graph: Any, iset: ImageSet, layers: list[str], fills: tuple[str, ...],
+                 betas: tuple[float, ...], gate_steps: int) -> dict[str, dict[str, tuple[float, float]]]:
+    """{variant: {fill: (preserved, drop)}} averaged over the layers and k for one set."""
+    x = entry.preprocess_many(iset.images)
+    targets = entry.predict(x)[1]
+    labels = [int(t) for t in targets.tolist()]
+    dps = {s: extract_datapath(entry, graph, x, ExtractConfig(score=s, normalize="none", target="true"),
+                               layers=layers, labels=labels) for s in SCORES}
+    gate_z: dict[str, dict[str, np.ndarray]] = {}
+    for beta in betas:
+        cfg = ExtractConfig(method="gates", score="prob", normalize="l1", target="true", sparsity=beta,
+                            budget_s=1e4)  # a fixed number of steps: results do not depend on the machine's load
+        gdp = learn_datapath(entry, graph, x, cfg, None, labels, gate_config=GateConfig(max_steps=gate_steps))
+        gate_z[f"gates[beta={beta:g}]"] = {k: gdp.layers[k].z for k in layers}
+    acc: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for layer in layers:
+        ev = FaithfulnessEvaluator(entry, graph, x, layer, targets, batch_size=50)
+        qs = {s: dps[s].q[layer].astype(np.float64) for s in SCORES}
+        act = dps["prob"].mean_act[layer].astype(np.float64).mean(0)
+        ranks = rankings(qs, act, ev.n)
+        g = l1(qs["prob"]).sum(0)
+        for name, zz in gate_z.items():
+            ranks[name] = rank_maps(zz[layer], g)
+        for _, k in resolve_ks(KS, ev.n):
+            for fill in fills:
+                for name, order in ranks.items():
+                    r = ev.evaluate(order[:k], fill)
+                    acc[name][fill].append((r.preserved, r.drop))
+    return {m: {f: (float(np.mean([a for a, _ in v])), float(np.mean([b for _, b in v]))) for f, v in d.items()}
+            for m, d in acc.items()}
+
+
+def mean_over(results: list[dict[str, dict[str, tuple[float, float]]]], variant: str, fill: str) -> tuple[float, float]:
+    vals = [r[variant][fill] for r in results if variant in r]
+    return float(np.mean([a for a, _ in vals])), float(np.mean([b for _, b in vals]))
+
+
+def best_per_family(results: list[dict[str, dict[str, tuple[float, float]]]]) -> dict[str, str]:
+    """Each family's variant with the highest preserved top-1 (zero fill), ties by the lower drop."""
+    best: dict[str, tuple[float, float, str]] = {}
+    for v in results[0]:
+        p, d = mean_over(results, v, "zero")
+        f = family(v)
+        if f not in best or (p, -d) > (best[f][0], -best[f][1]):
+            best[f] = (p, d, v)
+    return {f: t[2] for f, t in best.items()}
+
+
+def run_model(name: str, per_class: int | None, layers_n: int | None, betas: tuple[float, ...],
+              gate_steps: int, log: dict[str, Any]) -> dict[str, Any]:
     demo, layers = MODELS[name]
+    if layers_n is not None:
+        layers = layers[-layers_n:]
     t0 = time.perf_counter()
     entry = load_model(name)
     graph = build_graph(entry.model, (3, *entry.input_size), name)
-    if demo == "nips2017":
-        images, _ = nips_subset(per_class)
-        what = f"{len(images)} NIPS-2017 demo images ({per_class} per five-image class, 12 classes)"
-    else:
-        s = load_image_set(demo_path(demo))
-        images = s.images if n_images is None else s.images[:n_images]
-        what = f"{len(images)} CIFAR-10 demo images"
-    x = entry.preprocess_many(images)
-    targets = entry.predict(x)[1]
-    labels = [int(t) for t in targets.tolist()]
-    print(f"\n=== {name}: {what}; targets = predictions ===")
-    dps: dict[tuple[str, str], Datapath] = {}
-    for score in ("prob", "logit"):
-        cfg = ExtractConfig(method="qp", score=score, normalize="none", target="true", batch_size=50)
-        dps[(score, "none")] = extract_datapath(entry, graph, x, cfg, layers=layers, labels=labels)
-        dps[(score, "l1")] = resolve(dps[(score, "none")], "l1")
-    t_extract = time.perf_counter() - t0
-    for layer in layers:
-        t1 = time.perf_counter()
-        ev = FaithfulnessEvaluator(entry, graph, x, layer, targets, batch_size=50)
-        n = ev.n
-        naturals = {v: len(dps[v].layers[layer].critical) for v in VARIANTS}
-        cols: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
-        tabs = []
-        for v in VARIANTS:
-            methods: tuple[str, ...] = ("qp", "act_topk", "random")
-            if v[1] == "none":  # gradient x activation: one column per score
-                methods = (*methods, "gradxact_topk")
-            if v == ("prob", "none") and layer in REFINE_LAYERS:
-                methods = (*methods, "qp_refine")
-            fills = ("zero", "mean") if v == ("prob", "none") else ("zero",)
-            tab = faithfulness_curve(entry, graph, x, layer, methods=methods, ks=KS, datapath=dps[v],
-                                     evaluator=ev, fill=fills, refine_steps=20)
-            tab["variant"] = list(v)
-            tabs.append(tab)
-            for r in tab["rows"]:
-                m = r["method"]
-                col = {"qp": f"qp[{v[0]},{v[1]}]", "gradxact_topk": f"gx[{v[0]},{v[1]}]", "act_topk": "act",
-                       "random": "random", "qp_refine": "qp+refine"}[m]
-                cols.setdefault(col, {})[(r["fill"], r["k"])] = r
-        print(f"\n--- {name} {layer}: n = {n} maps, N = {ev.n_images}, mean target p = {float(ev.p0.mean()):.3f}, "
-              f"λ = 0.1/n² = {default_lambda(n):.3g}")
-        print("natural k = |{z > 0.5}| of the QP: " + ", ".join(f"{s}/{m}: {naturals[(s, m)]}" for s, m in VARIANTS))
-        order = [f"qp[{s},{m}]" for s, m in VARIANTS] + ["gx[prob,none]", "gx[logit,none]", "act", "random"]
-        if "qp+refine" in cols:
-            order.append("qp+refine")
-        ref = next(t for t in tabs if t["variant"] == ["prob", "none"])
-        ref_nat = ref["natural_k"].get("qp_refine")
-        for fill in ("zero", "mean"):
-            use = [c for c in order if any(f == fill for f, _ in cols.get(c, {}))]
-            print(f"\nfill={fill}: preserved top-1 / mean p drop")
-            print(f"{'k':>16} " + " ".join(f"{c:>12}" for c in use))
-            klist = sorted({k for c in use for f, k in cols[c] if f == fill})
-            lab = dict((k, lbl) for lbl, k in resolve_ks(KS, n))
-            for k in klist:
-                nat = [f"{s[0]}{m[0]}" for (s, m), kk in naturals.items() if kk == k]
-                label = f"{k} ({lab[k]})" if k in lab else f"{k}"
-                if ref_nat == k:
-                    nat.append("R")
-                if nat:
-                    label += " nat:" + ",".join(nat)
-                print(f"{label:>16} " + " ".join(f"{cell(cols[c].get((fill, k))):>12}" for c in use))
-        if ref["true_objective"]:
-            to = ref["true_objective"]
-            print(f"refine (prob/none, 20 PGD steps): true Eq. 4 objective {to['qp']:.4g} -> {to['qp_refine']:.4g}, "
-                  f"natural k {ref['natural_k']['qp']} -> {ref['natural_k']['qp_refine']}")
-        # unit-free ridge λ = ρ tr(Q) / n: the natural set of the QP vs the other rankings at that k
-        act_rank = rank_maps(dps[("prob", "none")].mean_act[layer].astype(np.float64).mean(0))
-        rnd_rank = np.random.default_rng(0).permutation(n)
-        for v in (("prob", "none"), ("prob", "l1")):
-            q = dps[v].q[layer].astype(np.float64)
-            acc = QPAccumulator().add(q)
-            assert acc.Q is not None
-            tr = float(np.trace(acc.Q))
-            q_sum = q.sum(0)
-            parts = []
-            for rho in RHOS:
-                res = acc.solve(rho * tr / n)
-                k = int((res.z > 0.5).sum())
-                if k == 0:
-                    parts.append(f"ρ={rho:g}: k=0")
-                    continue
-                cells = []
-                for lbl, order in (("qp", rank_maps(res.z, q_sum)), ("gx", rank_maps(q_sum)),
-                                   ("act", act_rank), ("rnd", rnd_rank)):
-                    rr = ev.evaluate(order[:k])
-                    cells.append(f"{lbl} {rr.preserved:.2f}/{rr.drop:+.3f}")
-                parts.append(f"ρ={rho:g}: k={k}: " + " ".join(cells))
-            print(f"QP natural set with λ = ρ·tr(Q)/n ({v[0]}/{v[1]}, fill=zero): " + "; ".join(parts))
-        print(f"[{layer}: {time.perf_counter() - t1:.1f} s, {ev.n_evals} masked passes]")
-        nat = {f"{s}/{m}": k for (s, m), k in naturals.items()}
-        log.append({"model": name, "layer": layer, "n": n, "naturals": nat, "tables": tabs})
-    print(f"[{name}: extraction {t_extract:.1f} s, total {time.perf_counter() - t0:.1f} s]")
+    sets, halves = make_sets(demo, per_class)
+    print(f"\n=== {name}: classes tuning {halves['tune']} / report {halves['report']}; layers {', '.join(layers)}; "
+          f"{len(sets[0].images)} images per class set ===", flush=True)
+    tune = [evaluate_set(entry, graph, s, layers, ("zero",), betas, gate_steps)
+            for s in sets if s.half == "tune" and s.kind == "class"]
+    chosen = best_per_family(tune)
+    print(f"[tuning half, {len(tune)} class sets, {time.perf_counter() - t0:.0f} s] zero fill, preserved top-1 / drop:")
+    for v in sorted(tune[0], key=lambda v: -mean_over(tune, v, "zero")[0]):
+        p, d = mean_over(tune, v, "zero")
+        mark = "   <- chosen for " + FAMILY[family(v)] if chosen[family(v)] == v else ""
+        print(f"  {v:28s} {p:.3f} / {d:+.3f}{mark}")
+    report: dict[str, list[dict[str, dict[str, tuple[float, float]]]]] = {}
+    gate_pick = (float(chosen["gates"][len("gates[beta="):-1]),) if "gates" in chosen else ()
+    for kind in ("class", "mixed"):
+        report[kind] = [evaluate_set(entry, graph, s, layers, ("zero", "mean"), gate_pick, gate_steps)
+                        for s in sets if s.half == "report" and s.kind == kind]
+    shown = list(dict.fromkeys([*chosen.values(), CURRENT_DEFAULT]))
+    table = {v: {f"{kind}/{fill}": mean_over(report[kind], v, fill) for kind in report for fill in ("zero", "mean")}
+             for v in shown}
+    print(f"[report half: {len(report['class'])} class sets, {len(report['mixed'])} mixed sets; "
+          f"{time.perf_counter() - t0:.0f} s] preserved top-1 / mean drop of p, mean over layers x k:")
+    print(f"  {'method (params from tuning)':34s} {'class, zero':>15s} {'class, mean':>15s} "
+          f"{'mixed, zero':>15s} {'mixed, mean':>15s}")
+    for v in sorted(shown, key=lambda v: -table[v]["class/zero"][0]):
+        label = f"{FAMILY[family(v)]} {v[len(family(v)):]}" + (" (current default)" if v == CURRENT_DEFAULT else "")
+        print(f"  {label:34s} " + " ".join(f"{table[v][c][0]:.3f}/{table[v][c][1]:+.3f}".rjust(15)
+                                          for c in ("class/zero", "class/mean", "mixed/zero", "mixed/mean")))
+    out = {"model": name, "halves": halves, "layers": layers, "images_per_set": len(sets[0].images),
+           "chosen": chosen, "tuning": {v: mean_over(tune, v, "zero") for v in tune[0]}, "report": table,
+           "seconds": time.perf_counter() - t0}
+    log[name] = out
+    return out
+
+
+def gate_timing(name: str, budget: float | None) -> dict[str, Any]:
+    """One class set (the first report class) with ``ExtractConfig(method="gates")`` defaults."""
+    demo, _ = MODELS[name]
+    entry = load_model(name)
+    graph = build_graph(entry.model, (3, *entry.input_size), name)
+    sets, _ = make_sets(demo, None)
+    iset = next(s for s in sets if s.half == "report" and s.kind == "class")
+    x = entry.preprocess_many(iset.images)
+    cfg = ExtractConfig(method="gates") if budget is None else ExtractConfig(method="gates", budget_s=budget)
+    t0 = time.perf_counter()
+    extract_datapath(entry, graph, x, ExtractConfig())
+    t_plain = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dp = extract_datapath(entry, graph, x, cfg, progress=None)
+    secs = time.perf_counter() - t0
+    kept = sum(len(v.critical) for v in dp.layers.values()) / sum(v.n for v in dp.layers.values())
+    load = os.getloadavg()
+    print(f"  {name}: {iset.name}, {x.shape[0]} images, {len(dp.layers)} gated layers: {secs:.1f} s "
+          f"(budget {cfg.budget_s:g} s; QP extraction of the same set {t_plain:.1f} s, ratio {secs / t_plain:.1f}); "
+          f"kept {100 * kept:.0f} % of the maps, threshold {next(iter(dp.layers.values())).lam:g}; "
+          f"load average {load[0]:.1f} on {os.cpu_count()} CPUs; device {next(entry.model.parameters()).device}",
+          flush=True)
+    return {"model": name, "images": int(x.shape[0]), "seconds": secs, "qp_seconds": t_plain, "kept_frac": kept,
+            "loadavg": load[0]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="32 CIFAR images, 1 NIPS image per class")
-    ap.add_argument("--nips-per-class", type=int, default=2, help="NIPS images per class (1..5; 5 = all 60)")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
-    ap.add_argument("--json", default=None, help="also write every table to this JSON file")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--nips-per-class", type=int, default=None, help="NIPS images per class (default all 5)")
+    ap.add_argument("--nips-layers", type=int, default=None, help="only the last L layers for EfficientNet")
+    ap.add_argument("--gate-steps", type=int, default=60, help="gate training steps per set (at most)")
+    ap.add_argument("--skip-gates", action="store_true", help="leave the learned gates out")
+    ap.add_argument("--timing-only", action="store_true", help="only the gate timing section")
+    ap.add_argument("--json", default=None, help="also write the tables to this JSON file")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    per_class = 1 if args.quick else max(1, min(5, args.nips_per_class))
-    n_cifar = 32 if args.quick else None
-    log: list[dict[str, Any]] = []
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("aevis_core.datapath.gates").setLevel(logging.INFO)  # steps, stop reason, threshold
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    log: dict[str, Any] = {}
     t0 = time.perf_counter()
-    for name in args.models.split(","):
-        run_model(name.strip(), n_cifar, per_class, log)
+    names = [m.strip() for m in args.models.split(",")]
+    if not args.timing_only:
+        for name in names:
+            nips = name == "efficientnet-lite0"
+            run_model(name, args.nips_per_class if nips else None, args.nips_layers if nips else None,
+                      () if args.skip_gates else BETAS, args.gate_steps, log)
+        if len(names) > 1:
+            print("\n=== recommended default: best on the report half's class sets (zero fill), mean over models ===")
+            common = set.intersection(*(set(log[m]["report"]) for m in names))
+            score = {v: float(np.mean([log[m]["report"][v]["class/zero"][0] for m in names])) for v in common}
+            for v in sorted(score, key=lambda v: -score[v]):
+                print(f"  {v:28s} {score[v]:.3f}")
+    print("\n=== learned gates, one class set with the extraction defaults (time incl. its extraction pass) ===")
+    log["gate_timing"] = [gate_timing(name, GATE_BUDGET.get(name)) for name in names]
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as fh:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aevis_core.datapath.connections import connect
 from aevis_core.datapath.lowrank import solve_low_rank
 from aevis_core.datapath.qp import default_lambda
 from aevis_core.datapath.scores_pass import SCORES, batch_scores
@@ -67,7 +68,7 @@ class ExtractConfig:
     seed: int = 0
     coverage: float | None = 0.5
     sparsity: float = 1.0
-    budget_s: float = 30.0
+    budget_s: float = 25.0
 
     def validate(self) -> ExtractConfig:
         """Raise :class:`AEVisError` for an unknown option; return self."""
@@ -244,8 +245,6 @@ def extract_datapath(entry: ModelEntry, graph: LayerGraph, x: torch.Tensor,
     q_all = {k: v.astype(np.float32) for k, v in q64.items()}
     targets = torch.cat(target_parts)
     dp = Datapath(entry.model_id, cfg, result, targets.numpy(), torch.cat(probs).numpy(), q_all, a_all)
-    from aevis_core.datapath.connections import connect
-
     dp.connections = connect(entry, graph, dp)
     return dp
 

@@ -75,7 +75,7 @@ class GateConfig:
     lr: float = 0.03
     init: float = 1.0
     max_steps: int = 300
-    budget_s: float = 30.0
+    budget_s: float = 25.0
     patience: int = 25
     tol: float = 1e-3
     batch_size: int = 32
