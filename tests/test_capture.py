@@ -36,19 +36,25 @@ def test_each_hook_releases_its_layer_during_the_backward(resnet20, resnet20_gra
     held_when: list[int] = []
     orig = Taps._grad
 
-    def spy(self, lid, grad):
+    def spy(self, *args):
         held_when.append(len(self._held))
-        return orig(self, lid, grad)
+        return orig(self, *args)
 
     Taps._grad = spy
     try:
         logits, taps = cap.taps(x)
-        assert len(taps._held) == len(ids)  # forward done: every layer held until its gradient comes
+        held = len(taps._held)  # forward done: layers held until their gradient comes
+        # a BN whose only consumer is a ReLU takes its q from the ReLU output (kept by autograd anyway)
+        ch = g.children()
+        via_relu = [k for k in ids if len(ch[k]) == 1 and g.nodes[ch[k][0]].target in ("ReLU", "relu")]
+        assert len(via_relu) == 19  # every bn1 (10) and every residual add (9)
+        assert held == len(ids) - len(via_relu)  # one tensor held per ReLU for both layers
         torch.autograd.grad(torch.softmax(logits, 1)[:, 0].sum(), [x])
     finally:
         Taps._grad = orig
     taps.finish()
-    assert held_when == list(range(len(ids), 0, -1))  # strictly one fewer at every hook
+    assert held_when == list(range(held, 0, -1))  # strictly one fewer at every hook
+    assert torch.equal(taps.q["layer2.1.bn1"], taps.q["layer2.1.relu1"])
     assert taps._held == {} and set(taps.q) == set(ids)
     assert all(taps.q[k].shape == (2, g.nodes[k].channels) for k in ids)
     assert all(not m._forward_hooks for m in resnet20.model.modules())
@@ -91,3 +97,23 @@ def test_inplace_consumer_does_not_corrupt_the_held_activation():
     (gc,) = torch.autograd.grad(logits.gather(1, torch.tensor([[0], [1]])).sum(), [conv])
     assert np.allclose(bs.q["conv"].numpy(), (conv * gc).sum((2, 3)).double().detach().numpy(), atol=1e-6)
     assert np.allclose(bs.mean_act["conv"].numpy(), conv.mean((2, 3)).double().detach().numpy(), atol=1e-6)
+
+
+def test_q_of_a_layer_read_through_its_relu_equals_autograd(resnet20, resnet20_graph):
+    """layer2.1.bn1 -> relu1 only: q(bn1) from the ReLU's tap equals Σ bn1 · ∂p/∂bn1 by autograd."""
+    e, g = resnet20, resnet20_graph
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 32, 32)
+    targets = torch.tensor([1, 2, 3])
+    bs = batch_scores(LayerCapture(e.model, g, ["layer2.1.bn1", "layer2.1.conv1"]), x, targets)
+    store = {}
+    hooks = [e.model.net.get_submodule(k).register_forward_hook(lambda m, i, o, k=k: store.setdefault(k, o))
+             for k in ("layer2.1.bn1", "layer2.1.conv1")]
+    xx = x.clone().requires_grad_(True)
+    p = torch.softmax(e.model(xx), 1).gather(1, targets.view(-1, 1)).sum()
+    for h in hooks:
+        h.remove()
+    grads = torch.autograd.grad(p, [store["layer2.1.bn1"], store["layer2.1.conv1"]])
+    for k, gr in zip(("layer2.1.bn1", "layer2.1.conv1"), grads, strict=True):
+        ref = (store[k] * gr).sum((2, 3)).double().detach().numpy()
+        assert np.allclose(bs.q[k].numpy(), ref, rtol=1e-4, atol=1e-9) and np.abs(ref).max() > 0

@@ -22,6 +22,8 @@ are removed after every call, so the model is left unchanged.
 from __future__ import annotations
 
 import string
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,22 +71,25 @@ class Taps:
     q: dict[str, Tensor] = field(default_factory=dict)
     _held: dict[str, Tensor] = field(default_factory=dict)
 
-    def tap(self, lid: str, a: Tensor) -> None:
-        """Forward: summarise ``a`` and hook its gradient (holding ``a`` only until the hook runs)."""
-        ax = self.axes[lid]
-        with torch.no_grad():
-            self.mean[lid] = map_mean(a.detach(), ax)
-        if a.requires_grad:
-            self._held[lid] = a
-            a.register_hook(lambda g, lid=lid: self._grad(lid, g))
+    def tap(self, a: Tensor, mean_lid: str | None, q_lids: tuple[str, ...] = (), axis: int = 1) -> None:
+        """Forward: ``mean[mean_lid]`` from ``a`` now; hook ``a``'s gradient to give ``q[l]`` for ``q_lids``
+        (holding ``a`` only until the hook runs)."""
+        if mean_lid is not None:
+            with torch.no_grad():
+                self.mean[mean_lid] = map_mean(a.detach(), axis)
+        if q_lids and a.requires_grad:
+            key = q_lids[0]
+            self._held[key] = a
+            a.register_hook(lambda g: self._grad(key, q_lids, axis, g))
 
-    def _grad(self, lid: str, g: Tensor) -> None:
-        a = self._held.pop(lid, None)
+    def _grad(self, key: str, q_lids: tuple[str, ...], axis: int, g: Tensor) -> None:
+        a = self._held.pop(key, None)
         if a is None:  # a second gradient for the same tensor cannot happen in one backward
             return
         with torch.no_grad():
-            q = map_q(a.detach(), g, self.axes[lid])
-        self.q[lid] = q + self.q[lid] if lid in self.q else q
+            q = map_q(a.detach(), g, axis)
+        for lid in q_lids:
+            self.q[lid] = q
 
     def finish(self) -> None:
         """After the backward: zero q for layers not reached by the gradient; drop what is held."""
@@ -93,26 +98,41 @@ class Taps:
             self.q.setdefault(lid, torch.zeros_like(m))
 
 
-class _Tap(nn.Module):
-    """Identity module the taps GraphModule calls after a captured node: ``a -> a`` plus recording."""
+class _Current(threading.local):
+    """The :class:`Taps` a taps GraphModule records into, per thread (None outside a call)."""
 
-    def __init__(self, lid: str, owner: LayerCapture) -> None:
+    taps: Taps | None = None
+
+
+class _Tap(nn.Module):
+    """Identity module the taps GraphModule calls after a node: ``a -> a`` plus :meth:`Taps.tap`."""
+
+    def __init__(self, mean_lid: str | None, q_lids: tuple[str, ...], axis: int, current: _Current) -> None:
         super().__init__()
-        self.lid = lid
-        self.owner = [owner]  # a list, so the owner is not registered as a submodule
+        self.mean_lid, self.q_lids, self.axis, self.current = mean_lid, q_lids, axis, current
 
     def forward(self, a: Tensor) -> Tensor:
-        taps = self.owner[0].current
+        taps = self.current.taps
         if taps is not None:
-            taps.tap(self.lid, a)
+            taps.tap(a, self.mean_lid, self.q_lids, self.axis)
         return a
 
 
-def _protect_inplace(gm: fx.GraphModule, node: fx.Node, out_node: fx.Node) -> list[fx.Node]:
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` is a plain ReLU (module, function or method, in place or not)."""
+    if node.op == "call_module":
+        return type(modules.get(str(node.target))) is nn.ReLU
+    if node.op == "call_function":
+        return node.target in (torch.relu, torch.relu_, torch.nn.functional.relu)
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _protect_inplace(gm: fx.GraphModule, node: fx.Node, out_node: fx.Node,
+                     modules: dict[str, nn.Module]) -> list[fx.Node]:
     """Reroute consumers of ``node`` to a clone when one of them modifies it in place; return the users."""
-    modules = dict(gm.named_modules())
     users = [u for u in node.users if u is not out_node]
-    if any(is_inplace(u.target, modules.get(str(u.target)) if u.op == "call_module" else None) for u in users):
+    if any(is_inplace(u.target, modules.get(str(u.target)) if u.op == "call_module" else None)
+           or u.kwargs.get("inplace") is True for u in users):
         with gm.graph.inserting_after(node):
             clone = gm.graph.call_method("clone", (node,))
         for u in users:
@@ -135,10 +155,11 @@ def _outputs_module(model: nn.Module, graph: LayerGraph, layer_ids: list[str], a
     """GraphModule ``x -> (logits, a_1, ..., a_m)`` with each ``a`` in the canonical layout (a view on the path)."""
     gm = trace(model)
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    modules = dict(gm.named_modules())
     picked = []
     for lid in layer_ids:
         node = _find(gm, graph, lid)
-        users = _protect_inplace(gm, node, out_node)
+        users = _protect_inplace(gm, node, out_node, modules)
         ax = axes[lid]
         if ax != 1:  # canon = movedim(a, ax, 1) and consumers read movedim(canon, 1, ax): canon is on the path
             with gm.graph.inserting_after(node):
@@ -156,20 +177,58 @@ def _outputs_module(model: nn.Module, graph: LayerGraph, layer_ids: list[str], a
     return gm
 
 
-def _taps_module(model: nn.Module, graph: LayerGraph, layer_ids: list[str], owner: LayerCapture) -> fx.GraphModule:
-    """GraphModule ``x -> logits`` calling a :class:`_Tap` right after every captured node."""
+def _taps_module(model: nn.Module, graph: LayerGraph, layer_ids: list[str], axes: dict[str, int],
+                 current: _Current) -> fx.GraphModule:
+    """GraphModule ``x -> logits`` calling a :class:`_Tap` right after every captured node.
+
+    A layer ``a`` whose only consumer is a ReLU ``r`` gets its q from ``r``'s tap: elementwise
+    ``a · ∂p/∂a = a · 1[a > 0] · ∂p/∂r = r · ∂p/∂r`` (the same float products, so the same sums), so
+    ``a`` itself is not held — ``r`` is kept by autograd anyway — and an in-place ReLU needs no clone.
+    """
     gm = trace(model)
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
-    for i, lid in enumerate(layer_ids):
+    modules = dict(gm.named_modules())
+    spec: dict[fx.Node, tuple[list[str], list[str], int]] = {}  # node -> (mean lids, q lids, axis)
+    for lid in layer_ids:
         node = _find(gm, graph, lid)
-        _protect_inplace(gm, node, out_node)
+        users = [u for u in node.users if u is not out_node]
+        ax = axes[lid]
+        spec.setdefault(node, ([], [], ax))[0].append(lid)
+        via_relu = len(users) == 1 and out_node not in node.users and _is_relu(users[0], modules)
+        spec.setdefault(users[0] if via_relu else node, ([], [], ax))[1].append(lid)
+    for i, (node, (mean_lids, q_lids, ax)) in enumerate(spec.items()):
+        if q_lids:
+            _protect_inplace(gm, node, out_node, modules)
         name = f"aevis_tap_{i}"
-        gm.add_submodule(name, _Tap(lid, owner))
+        gm.add_submodule(name, _Tap(mean_lids[0] if mean_lids else None, tuple(q_lids), ax, current))
         with gm.graph.inserting_after(node):
             gm.graph.call_module(name, (node,))
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+_CACHE: OrderedDict[tuple[int, tuple[str, ...], tuple[str, ...]], tuple[nn.Module, fx.GraphModule, _Current]] = (
+    OrderedDict())
+_CACHE_LOCK = threading.Lock()
+
+
+def _cached_taps_module(model: nn.Module, graph: LayerGraph, layer_ids: list[str],
+                        axes: dict[str, int]) -> tuple[fx.GraphModule, _Current]:
+    """:func:`_taps_module`, reused for the same model object and layers (4 most recent)."""
+    key = (id(model), tuple(layer_ids), tuple(graph.fx_names.get(k, "") for k in layer_ids))
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0] is model:
+            _CACHE.move_to_end(key)
+            return hit[1], hit[2]
+    current = _Current()
+    gm = _taps_module(model, graph, layer_ids, axes, current)
+    with _CACHE_LOCK:
+        _CACHE[key] = (model, gm, current)
+        while len(_CACHE) > 4:
+            _CACHE.popitem(last=False)
+    return gm, current
 
 
 class LayerCapture:
@@ -187,9 +246,7 @@ class LayerCapture:
         self.graph = graph
         self.layer_ids = list(layer_ids)
         self.axes: dict[str, int] = {k: int(graph.nodes[k].channel_axis or 0) + 1 for k in self.layer_ids}
-        self.current: Taps | None = None
         self._out_gm: fx.GraphModule | None = None
-        self._tap_gm: fx.GraphModule | None = None
 
     def __call__(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """One forward pass: logits and the chosen layers' outputs, maps on axis 1 (batch first)."""
@@ -218,22 +275,21 @@ class LayerCapture:
     def taps(self, x: Tensor) -> tuple[Tensor, Taps]:
         """One forward pass recording per-map means and hooking q into the next backward pass."""
         taps = Taps(dict(self.axes))
-        self.current = taps
-        try:
-            if "input" in self.axes:
-                taps.tap("input", x)
-            if self.graph.traced:
-                if self._tap_gm is None:
-                    self._tap_gm = _taps_module(self.model, self.graph, self.layer_ids, self)
-                logits = self._tap_gm(x)
-            else:
-                def record(lid: str, path: str, mod: nn.Module, out: object) -> None:
-                    if lid in self.axes and lid != "input" and isinstance(out, Tensor):
-                        taps.tap(lid, out)
+        if "input" in self.axes:
+            taps.tap(x, "input", ("input",), self.axes["input"])
+        if not self.graph.traced:
+            def record(lid: str, path: str, mod: nn.Module, out: object) -> None:
+                if lid in self.axes and lid != "input" and isinstance(out, Tensor):
+                    taps.tap(out, lid, (lid,), self.axes[lid])
 
-                logits = self._hooked(x, record)
+            return self._hooked(x, record), taps
+        gm, current = _cached_taps_module(self.model, self.graph, [k for k in self.layer_ids if k != "input"],
+                                          self.axes)
+        current.taps = taps
+        try:
+            logits = gm(x)
         finally:
-            self.current = None
+            current.taps = None
         return logits, taps
 
     def _hooked(self, x: Tensor, record: Callable[[str, str, nn.Module, object], Any]) -> Tensor:
