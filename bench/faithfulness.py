@@ -207,7 +207,7 @@ def run_model(name: str, per_class: int | None, layers_n: int | None, betas: tup
                         for s in sets if s.half == "report" and s.kind == kind]
     shown = list(dict.fromkeys([*chosen.values(), CURRENT_DEFAULT]))
     table = {v: {f"{kind}/{fill}": mean_over(report[kind], v, fill) for kind in report for fill in ("zero", "mean")}
-             for v in shown}
+             for v in report["class"][0]}
     print(f"[report half: {len(report['class'])} class sets, {len(report['mixed'])} mixed sets; "
           f"{time.perf_counter() - t0:.0f} s] preserved top-1 / mean drop of p, mean over layers x k:")
     print(f"  {'method (params from tuning)':34s} {'class, zero':>15s} {'class, mean':>15s} "
@@ -221,6 +221,39 @@ def run_model(name: str, per_class: int | None, layers_n: int | None, betas: tup
            "seconds": time.perf_counter() - t0}
     log[name] = out
     return out
+
+
+def combine(log: dict[str, Any], names: list[str]) -> None:
+    """Cross-model protocol: each family's parameters chosen on both tuning halves (mean over the
+    models), each family reported on both report halves; the default = the best family on the
+    report half's class sets (zero fill, mean over the models)."""
+    common = set.intersection(*(set(log[m]["tuning"]) for m in names))
+    fams: dict[str, str] = {}
+    for v in sorted(common):
+        t = float(np.mean([log[m]["tuning"][v][0] for m in names]))
+        f = family(v)
+        if f not in fams or t > float(np.mean([log[m]["tuning"][fams[f]][0] for m in names])):
+            fams[f] = v
+    print(f"\n=== both models ({', '.join(names)}): parameters chosen on the tuning halves (mean over models), "
+          "reported on the report halves; preserved top-1 / mean drop of p ===")
+    cols = ("class/zero", "class/mean", "mixed/zero", "mixed/mean")
+    print(f"  {'method (params)':34s} {'tuning, class':>14s} " + " ".join(f"{c:>15s}" for c in cols))
+    rows = []
+    for f, v in fams.items():
+        rep = [log[m]["report"].get(v) for m in names]
+        if any(r is None for r in rep):  # e.g. gates reported with another β on one model
+            rep = [log[m]["report"][log[m]["chosen"][f]] for m in names]
+        vals = {c: (float(np.mean([r[c][0] for r in rep])), float(np.mean([r[c][1] for r in rep]))) for c in cols}
+        rows.append((vals["class/zero"][0], f, v, vals))
+    for _, f, v, vals in sorted(rows, reverse=True):
+        t = float(np.mean([log[m]["tuning"][v][0] for m in names]))
+        print(f"  {FAMILY[f] + ' ' + v[len(f):]:34s} {t:14.3f} "
+              + " ".join(f"{vals[c][0]:.3f}/{vals[c][1]:+.3f}".rjust(15) for c in cols))
+    cur = [log[m]["report"][CURRENT_DEFAULT] for m in names]
+    print(f"  {'QP [prob,l1,rho=0.1] (current)':34s} {'':14s} " + " ".join(
+        f"{np.mean([r[c][0] for r in cur]):.3f}/{np.mean([r[c][1] for r in cur]):+.3f}".rjust(15) for c in cols))
+    best = max(rows)
+    print(f"recommended default (best on the report half's class sets): {FAMILY[best[1]]} {best[2][len(best[1]):]}")
 
 
 def gate_timing(name: str, budget: float | None) -> dict[str, Any]:
@@ -258,6 +291,7 @@ def main() -> None:
     ap.add_argument("--skip-gates", action="store_true", help="leave the learned gates out")
     ap.add_argument("--timing-only", action="store_true", help="only the gate timing section")
     ap.add_argument("--json", default=None, help="also write the tables to this JSON file")
+    ap.add_argument("--combine", default=None, help="JSON files of earlier runs (comma-separated): cross-model table")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("aevis_core.datapath.gates").setLevel(logging.INFO)  # steps, stop reason, threshold
@@ -265,17 +299,19 @@ def main() -> None:
     log: dict[str, Any] = {}
     t0 = time.perf_counter()
     names = [m.strip() for m in args.models.split(",")]
+    if args.combine:
+        for path in args.combine.split(","):
+            with open(path) as fh:
+                log.update({k: v for k, v in json.load(fh).items() if k != "gate_timing"})
+        combine(log, [k for k in log if k in MODELS])
+        return
     if not args.timing_only:
         for name in names:
             nips = name == "efficientnet-lite0"
             run_model(name, args.nips_per_class if nips else None, args.nips_layers if nips else None,
                       () if args.skip_gates else BETAS, args.gate_steps, log)
         if len(names) > 1:
-            print("\n=== recommended default: best on the report half's class sets (zero fill), mean over models ===")
-            common = set.intersection(*(set(log[m]["report"]) for m in names))
-            score = {v: float(np.mean([log[m]["report"][v]["class/zero"][0] for m in names])) for v in common}
-            for v in sorted(score, key=lambda v: -score[v]):
-                print(f"  {v:28s} {score[v]:.3f}")
+            combine(log, names)
     print("\n=== learned gates, one class set with the extraction defaults (time incl. its extraction pass) ===")
     log["gate_timing"] = [gate_timing(name, GATE_BUDGET.get(name)) for name in names]
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
