@@ -12,15 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from aevis_core.cache import ResultCache, content_key
+from aevis_core.datapath.control_similarity import DEFAULT_DRAWS, NoiseComparison, compare_with_noise_control
 from aevis_core.datapath.controls import DEFAULT_CONTROL, check_control
-from aevis_core.datapath.diverge import (
-    DEFAULT_DRAWS,
-    Divergence,
-    DivergenceConfig,
-    NoiseComparison,
-    compare_with_noise_control,
-    diverging_point,
-)
+from aevis_core.datapath.diverge import Divergence, DivergenceConfig, diverging_point
 from aevis_core.datapath.extract import Datapath, ExtractConfig
 from aevis_core.datapath.service import cached_datapath
 from aevis_core.datapath.similarity import DatapathStats, layer_stats

@@ -32,14 +32,9 @@ import torch
 
 from aevis_core.attacks import AttackConfig, quantise, run_attack
 from aevis_core.data import demo_path, load_image_set
+from aevis_core.datapath.control_similarity import NoiseComparison, compare_with_noise_control
 from aevis_core.datapath.controls import CONTROLS, control_draws
-from aevis_core.datapath.diverge import (
-    DivergenceConfig,
-    NoiseComparison,
-    compare_with_noise_control,
-    diverging_point,
-    find_diverging_point,
-)
+from aevis_core.datapath.diverge import DivergenceConfig, diverging_point, find_diverging_point
 from aevis_core.datapath.similarity import activation_similarity
 from aevis_core.graph import build_graph
 from aevis_core.graph.types import LayerGraph

@@ -11,13 +11,9 @@ import pytest
 import torch
 from scipy import stats as sps
 
+from aevis_core.datapath.control_similarity import compare_with_noise_control
 from aevis_core.datapath.controls import CONTROLS, control_draws, rms
-from aevis_core.datapath.diverge import (
-    DivergenceConfig,
-    compare_with_noise_control,
-    diverging_point,
-    find_diverging_point,
-)
+from aevis_core.datapath.diverge import DivergenceConfig, diverging_point, find_diverging_point
 from aevis_core.datapath.rank_test import (
     all_rank_p_values,
     detectable_shift,

@@ -21,7 +21,8 @@ from aevis_core.errors import AEVisError
 
 if TYPE_CHECKING:
     from aevis_core.data import ImageSet
-    from aevis_core.datapath.diverge import Divergence, NoiseComparison
+    from aevis_core.datapath.control_similarity import NoiseComparison
+    from aevis_core.datapath.diverge import Divergence
 
 ADV, CLEAN = ".adv", ".clean"
 
@@ -111,7 +112,8 @@ def _load(pattern: str, name: str, dataset: str | None) -> ImageSet:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Diverging point of normal/adversarial pairs against R control draws; print it, optionally write JSON."""
     from aevis_core.attacks import parse_eps
-    from aevis_core.datapath.diverge import DivergenceConfig, compare_with_noise_control, diverging_point
+    from aevis_core.datapath.control_similarity import compare_with_noise_control
+    from aevis_core.datapath.diverge import DivergenceConfig, diverging_point
     from aevis_core.graph import build_graph
     from aevis_core.models import default_device, load_model
 
@@ -188,8 +190,8 @@ def report(model_id: str, pairs: Sequence[tuple[str, str]], comp: NoiseCompariso
 
 def register_compare(sub: Any) -> None:
     """Add ``compare`` to the ``aevis`` sub-command parser."""
+    from aevis_core.datapath.control_similarity import DEFAULT_DRAWS
     from aevis_core.datapath.controls import CONTROLS, DEFAULT_CONTROL
-    from aevis_core.datapath.diverge import DEFAULT_DRAWS
 
     s = sub.add_parser("compare", help="diverging point of normal/adversarial pairs against a noise control")
     s.add_argument("model", help="zoo name or file.py:factory")
