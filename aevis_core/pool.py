@@ -116,7 +116,7 @@ def _channels_last(model: torch.nn.Module) -> torch.nn.Module:
     it cannot be copied.
     """
     try:
-        return copy.deepcopy(model).to(memory_format=torch.channels_last)
+        return copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     except Exception as exc:  # noqa: BLE001 - user models may refuse deepcopy; plain layout then
         log.info("pool: attacking with the model as is (no channels-last copy: %s)", exc)
         return model
