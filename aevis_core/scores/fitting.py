@@ -26,7 +26,7 @@ def fit_scorer(entry: ModelEntry, clean_x: torch.Tensor, clean_y: Sequence[int |
     ``attack`` given: craft the reference images' adversarial twins with it (labels = ``clean_y``
     or the predictions) and fit the logistic combiner; None: clean-only fit.
     """
-    key = content_key("scorer/v1", entry.model_id, clean_x, list(clean_y) if clean_y is not None else None,
+    key = content_key("scorer/v2", entry.model_id, clean_x, list(clean_y) if clean_y is not None else None,
                       asdict(attack) if attack is not None else None)
     if cache is not None:
         hit = cache.get(key)

@@ -10,8 +10,10 @@
   the clean images (leave-one-out), KD and LID one-sided (low density / high LID is suspicious),
   the uncertainty two-sided (``(z² − 1)/√2``: strong iterative attacks such as MI-FGSM make
   predictions *over*-confident, minimal attacks such as DeepFool leave them near the boundary);
-  their sum is standardised on the clean images and mapped through the normal CDF, so clean
-  images score roughly uniformly on [0, 1] and atypical images close to 1.
+  their sum is mapped through its kernel-smoothed empirical CDF on the clean images, so clean
+  images score roughly uniformly on [0, 1] and atypical images close to 1. Calibrated separately
+  for images of classes with and without clean references (leave-class-out null), so the
+  threshold holds on classes the scorer was not fitted on: :mod:`aevis_core.scores.calibration`.
 
 Clean reference statistics are always computed leave-one-out (a clean image never sees itself in
 the KDE / LID reference set; an adversarial image never sees its own source image), so the fitted
@@ -34,14 +36,15 @@ from scipy.stats import norm
 from sklearn.linear_model import LogisticRegression
 
 from aevis_core.errors import AEVisError
-from aevis_core.scores import stats
+from aevis_core.scores import calibration, stats
 from aevis_core.scores.features import classifier_head, find_classifier, penultimate_features
 
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("kd", "uncertainty", "lid")
 UNCERTAINTIES = ("entropy", "margin", "head-dropout")
-FORMAT = "aevis-adversarial-scorer/1"
+FORMAT = "aevis-adversarial-scorer/2"
+_OLD_FORMATS = ("aevis-adversarial-scorer/1",)  # clean-tail mapped by a normal CDF, no class regimes
 MIN_CLEAN = 3
 _CLIP = 1e6
 
@@ -158,6 +161,14 @@ class _State:
     head_b: np.ndarray = field(default_factory=lambda: np.zeros(0))
     model_id: str = ""
     layer: str = ""
+    # clean-tail calibration (empty: format /1, normal CDF with tail_loc/tail_scale)
+    tail_null: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    novel_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    novel_std: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    novel_null: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+_CALIBRATION_KEYS = ("tail_null", "novel_mean", "novel_std", "novel_null")
 
 
 class AdversarialScorer:
@@ -171,7 +182,8 @@ class AdversarialScorer:
     adversarial examples crafted from them); score other images. ``mode == "logistic"``: the
     score is P(adversarial) under a 50/50 prior (Feinman et al. 2017's combiner);
     ``mode == "clean-tail"``: the score is the clean-image CDF of the combined atypicality, so
-    0.95 means "more atypical than about 95% of clean images". Deterministic for a given
+    0.95 means "more atypical than about 95% of clean images", also for images of classes that
+    had no clean image in the fit (calibrated leave-class-out). Deterministic for a given
     config and inputs. ``to_dict`` / ``from_dict`` (and ``save`` / ``load``) cache a fitted
     scorer as plain NumPy arrays.
     """
@@ -285,13 +297,22 @@ class AdversarialScorer:
             else:
                 log.warning("adversarial score: fewer than 2 successful adversarial images; "
                             "falling back to the clean-only score")
-        self._fit_combiner(xc, xa)
+        seen = calibration.seen_class(ref_lab, pred, self_excl)
+        xn = None
+        if xa is None and np.unique(ref_lab).size >= 2:
+            lco = calibration.leave_class_out(ref_lab, ref_labels, self_excl)
+            xn = self._components(f, z, lco, np.full(n, -1))
+        self._fit_combiner(xc, xa, seen, xn)
         log.info("adversarial score fitted: %s, %d clean refs (D=%d), %s adversarial, bandwidth %.4g, "
                  "components %s", state.mode, ref.shape[0], ref.shape[1],
                  0 if xa is None else xa.shape[0], state.bandwidth, ", ".join(cfg.components))
         return self
 
-    def _fit_combiner(self, xc: np.ndarray, xa: np.ndarray | None) -> None:
+    def _fit_combiner(self, xc: np.ndarray, xa: np.ndarray | None, seen: np.ndarray,
+                      xn: np.ndarray | None) -> None:
+        """Logistic regression (xa given) or the clean-tail calibration: ``xc`` leave-one-out
+        statistics of the clean images, ``seen`` (N,) whether their class kept a reference,
+        ``xn`` their leave-class-out statistics (None: fewer than two classes)."""
         state = self._require()
         if xa is not None:
             x = np.concatenate([xc, xa])
@@ -303,10 +324,17 @@ class AdversarialScorer:
             log.info("adversarial score: logistic weights %s",
                      dict(zip(self.config.components, np.round(state.coef, 3).tolist(), strict=True)))
         else:
-            state.stand_mean, state.stand_std = xc.mean(0), self._safe_std(xc)
-            tail = self._tail_statistic(self._standardise(xc))
+            xs = xc[seen] if int(seen.sum()) >= MIN_CLEAN else xc
+            state.stand_mean, state.stand_std = xs.mean(0), self._safe_std(xs)
+            tail = self._tail_statistic(self._standardise(xs))
             state.mode, state.coef, state.intercept = "clean-tail", np.zeros(0), 0.0
             state.tail_loc, state.tail_scale = float(tail.mean()), float(max(tail.std(), 1e-12))
+            state.tail_null = np.sort(tail)
+            if xn is None:
+                xn = xc  # one class: no novel-class null, both regimes share the clean one
+            state.novel_mean, state.novel_std = xn.mean(0), self._safe_std(xn)
+            state.novel_null = np.sort(self._tail_statistic(
+                np.clip((xn - state.novel_mean) / state.novel_std, -_CLIP, _CLIP)))
 
     # ---------------------------------------------------------------- scoring
     def _require(self) -> _State:
@@ -328,9 +356,11 @@ class AdversarialScorer:
                 for j, c in enumerate(self.config.components)]
         return np.sum(cols, axis=0)
 
-    def _components(self, f: np.ndarray, z: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
+    def _components(self, f: np.ndarray, z: np.ndarray, exclude: np.ndarray | None,
+                    query_class: np.ndarray | None = None) -> np.ndarray:
         """Raw statistics (N, M) in ``config.components`` order; larger = more suspicious
-        (except the two-sided uncertainty)."""
+        (except the two-sided uncertainty). KD class: ``query_class`` or the predicted one
+        (-1: class-agnostic density)."""
         state, cfg = self._require(), self.config
         q = f - state.mu
         if state.proj.size:
@@ -338,7 +368,8 @@ class AdversarialScorer:
         cols = []
         for c in cfg.components:
             if c == "kd":
-                cols.append(-stats.kde_log_density(state.ref, state.ref_labels, q, z.argmax(1),
+                qc = z.argmax(1) if query_class is None else query_class
+                cols.append(-stats.kde_log_density(state.ref, state.ref_labels, q, qc,
                                                    state.bandwidth, exclude, cfg.class_prior))
             elif c == "lid":
                 cols.append(stats.lid_mle(state.ref, q, cfg.lid_k, exclude))
@@ -368,12 +399,27 @@ class AdversarialScorer:
         """Adversarial scores (N,) in [0, 1] from penultimate features (N, D) and logits (N, K)."""
         state = self._require()
         f, z = self._checked(features, logits)
-        zs = self._standardise(self._components(f, z, None))
+        x = self._components(f, z, None)
         if state.mode == "logistic":
-            s = expit(zs @ state.coef + state.intercept)
+            s = expit(self._standardise(x) @ state.coef + state.intercept)
+        elif not state.tail_null.size:
+            s = norm.cdf((self._tail_statistic(self._standardise(x)) - state.tail_loc) / state.tail_scale)
         else:
-            s = norm.cdf((self._tail_statistic(zs) - state.tail_loc) / state.tail_scale)
+            s = self._calibrated_tail(x, z)
         return np.clip(np.nan_to_num(s, nan=0.5), 0.0, 1.0)
+
+    def _calibrated_tail(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Clean-tail scores (N,) of raw statistics ``x`` (N, M): each image in the regime of its
+        predicted class (seen: has clean references; novel: none), see :mod:`.calibration`."""
+        state = self._require()
+        novel = ~calibration.seen_class(state.ref_labels, z.argmax(1))
+        s = np.empty(x.shape[0])
+        for mask, mean, std, null in ((~novel, state.stand_mean, state.stand_std, state.tail_null),
+                                      (novel, state.novel_mean, state.novel_std, state.novel_null)):
+            if mask.any():
+                zs = np.clip((x[mask] - mean) / std, -_CLIP, _CLIP)
+                s[mask] = calibration.smoothed_cdf(null, self._tail_statistic(zs))
+        return s
 
     def score(self, entry: Any, x: torch.Tensor, batch_size: int = 64) -> np.ndarray:
         """Adversarial scores (N,) in [0, 1] of pixel images ``x`` (N, 3, H, W) in [0, 1].
@@ -397,7 +443,8 @@ class AdversarialScorer:
         out = {k: np.asarray(v) for k, v in scalars.items()}
         out.update(mu=s.mu, proj=s.proj, ref=s.ref, ref_labels=s.ref_labels,
                    stand_mean=s.stand_mean, stand_std=s.stand_std, coef=s.coef,
-                   head_w=s.head_w, head_b=s.head_b,
+                   head_w=s.head_w, head_b=s.head_b, tail_null=s.tail_null, novel_mean=s.novel_mean,
+                   novel_std=s.novel_std, novel_null=s.novel_null,
                    numbers=np.array([s.bandwidth, s.intercept, s.tail_loc, s.tail_scale, s.num_classes]))
         return {k: np.array(v, copy=True) for k, v in out.items()}
 
@@ -405,7 +452,8 @@ class AdversarialScorer:
     def from_dict(cls, d: dict[str, Any]) -> AdversarialScorer:
         """Rebuild a scorer from :meth:`to_dict` output (or ``np.load`` of a saved file)."""
         try:
-            if str(np.asarray(d["format"])) != FORMAT:
+            fmt = str(np.asarray(d["format"]))
+            if fmt != FORMAT and fmt not in _OLD_FORMATS:
                 raise AEVisError(f"unsupported adversarial scorer format {str(np.asarray(d['format']))!r}")
             cfg_d = json.loads(str(np.asarray(d["config"])))
             cfg_d["components"] = tuple(cfg_d["components"])
@@ -419,6 +467,9 @@ class AdversarialScorer:
                            f64["stand_std"], f64["coef"], intercept, loc, scale, int(k),
                            f64["head_w"], f64["head_b"], str(np.asarray(d["model_id"])),
                            str(np.asarray(d["layer"])))
+            if fmt == FORMAT:
+                for key in _CALIBRATION_KEYS:
+                    setattr(state, key, np.asarray(d[key]).astype(np.float64))
         except AEVisError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
@@ -427,7 +478,8 @@ class AdversarialScorer:
         dim = state.proj.shape[1] if state.proj.size else state.mu.shape[0]
         if (state.mode not in ("logistic", "clean-tail") or state.ref.ndim != 2
                 or state.ref.shape[1] != dim or state.stand_mean.shape != (m,)
-                or (state.mode == "logistic" and state.coef.shape != (m,))):
+                or (state.mode == "logistic" and state.coef.shape != (m,))
+                or (state.tail_null.size and state.novel_mean.shape != (m,))):
             raise AEVisError("saved adversarial scorer is inconsistent (corrupt cache?)")
         scorer._state = state
         return scorer
