@@ -57,3 +57,11 @@ def bound(services: Any, fn: Callable[..., Any], fallback: Callable[[str], Any])
     callback.__name__ = callback.__qualname__ = fn.__name__
     callback.__doc__ = fn.__doc__
     return guarded(fallback)(callback)
+
+
+def fired(component_id: str) -> bool:
+    """Whether ``component_id`` is among the inputs that triggered this callback (Dash can batch several
+    triggers in one call; ``ctx.triggered_id`` names only the first)."""
+    from dash import ctx
+
+    return any(prop.rsplit(".", 1)[0] == str(component_id) for prop in ctx.triggered_prop_ids)

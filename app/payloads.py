@@ -54,6 +54,11 @@ def check_set_id(value: Any) -> str:
     return value
 
 
+def set_id_or_demo(value: Any) -> str:
+    """An image-set id from a request: ``None`` means the demo set; anything else must be a valid id."""
+    return check_set_id("demo" if value is None else value)
+
+
 def check_groups(value: Any, max_images: int = 10_000) -> dict[str, list[str]]:
     """``{name: [item id, ...]}`` with at most 4 groups of bounded names/ids, or PayloadError."""
     if value is None:

@@ -118,12 +118,15 @@ def test_demo_flow(dash_duo, app):
                                   "arguments[0]", repr(layer)))
     dash_duo.driver.execute_script(f"{CY}.getElementById(arguments[0]).emit('tap')", other)
     wait_js(dash_duo, "var g=document.querySelector('#fmap-treemap .js-plotly-plot');"
-                      " return g && g.data && new Set(g.data[0].customdata.map(c => c[3])).size === 2")
+                      " return g && g.data && new Set(g.data[0].customdata.map(c => c.layer)).size === 2")
     dash_duo.driver.execute_script("document.getElementById('fmap-title').scrollIntoView()")
     shot(dash_duo, "06-side-by-side")
     # a colleague opening the URL gets the same groups, analysis and layer
     dash_duo.driver.get(url)
-    dash_duo.wait_for_contains_text("#analysis-summary", "diverging point", timeout=120)
+    try:
+        dash_duo.wait_for_contains_text("#analysis-summary", "diverging point", timeout=120)
+    finally:
+        shot(dash_duo, "07-shared-url")
     dash_duo.wait_for_contains_text("#fmap-title", layer.upper(), timeout=30)
     assert dash_duo.get_logs() == []
 

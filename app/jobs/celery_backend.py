@@ -38,7 +38,8 @@ from app.jobs.manager import DAY, PerRequestKeys, error_record, timed_out_messag
 log = logging.getLogger(__name__)
 LOST = "the Celery worker running the job stopped (killed or lost); press the button again to retry"
 QUEUED = "queued: waiting for a Celery worker"
-NO_WORKER = "no Celery worker is running (start one: celery -A app.server.worker worker); press the button again to retry"
+NO_WORKER = ("no Celery worker is running (start one: celery -A app.server.worker worker); "
+             "press the button again to retry")
 
 
 

@@ -10,11 +10,12 @@ import logging
 import time
 from typing import Any
 
-from dash import Dash, Input, Output, State, ctx, no_update
+from dash import Dash, Input, Output, State, no_update
 
 from aevis_core.attacks import AttackConfig, parse_eps, validate_config
 from aevis_core.errors import AEVisError
 from app.config import DEMO_SET
+from app.guard import fired
 from app.ids import Fmap, Groups, Images, Job, JobIds, Layer, Neuron, Shell
 from app.jobs.messages import user_message
 from app.jobs.widgets import SetProgress, job_options, reporter
@@ -27,7 +28,7 @@ from app.payloads import (
     ViewResult,
     ViewState,
     check_groups,
-    check_set_id,
+    set_id_or_demo,
 )
 from app.services import Services, preparation
 
@@ -58,7 +59,7 @@ def relay_preparation(services: Services, set_progress: SetProgress) -> str | No
 def prepare_pool(set_progress: SetProgress, services: Services, _path: Any, set_id: Any) -> tuple[Any, Any]:
     """Pool of the chosen image set (the demo's comes from the server's start-up preparation)."""
     try:
-        sid = check_set_id(set_id or DEMO_SET)
+        sid = set_id_or_demo(set_id)
         set_progress(("0", "1", "Preparing the images…"))
         key = relay_preparation(services, set_progress) if sid == DEMO_SET else None
         if key is None:
@@ -73,7 +74,7 @@ def generate_pool(set_progress: SetProgress, services: Services, _n: Any, method
                   source: Any, set_id: Any) -> tuple[Any, Any]:
     """Pool whose adversarial twins come from the chosen attack (white-box or transfer); bounded here."""
     try:
-        sid = check_set_id(set_id or DEMO_SET)
+        sid = set_id_or_demo(set_id)
         if method not in METHODS:
             raise AEVisError(f"unknown attack {str(method)[:40]!r}: choose one of {', '.join(METHODS)}")
         if isinstance(steps, bool) or not isinstance(steps, int | float) or not 1 <= steps <= MAX_STEPS \
@@ -98,9 +99,9 @@ def run_analysis(set_progress: SetProgress, services: Services, _n: Any, url_vie
     """Analyze the groups (or the groups of a shared URL, once its images are ready)."""
     try:
         pool = PoolResult.from_json(pool_result)
-        if pool is None or pool.set_id != (set_id or DEMO_SET):
+        if pool is None or pool.set_id != set_id_or_demo(set_id):
             raise AEVisError("the images are still being prepared; Analyze when the thumbnails are shown")
-        if ctx.triggered_id == Shell.URL_VIEW:
+        if fired(Shell.URL_VIEW) and not fired(JobIds(Job.ANALYZE).button):
             view = ViewState.from_json(url_view)
             if view is None or not view.groups:
                 return no_update, no_update

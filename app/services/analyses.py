@@ -178,7 +178,7 @@ class AnalysisService:
                      job_model: ModelService | None = None) -> str:
         """Key of the equal-k faithfulness table at ``layer`` on the first group's images, evaluating
         the extraction configuration of the datapath on screen (stored as a dict)."""
-        from aevis_core.evaluate import faithfulness_curve
+        from aevis_core.faithfulness import faithfulness_curve
 
         layer = self.check_layer(a, layer)
         key = self.faithfulness_key(a, layer)
@@ -187,12 +187,10 @@ class AnalysisService:
         def compute() -> dict[str, Any]:
             pool = self.pools.require(pool_key)
             report(0, 1, "masking maps layer by layer")
-            cfg = next(iter(a.datapaths.values())).config
-            x = pool.tensor(next(iter(a.groups.values())))
-            table: dict[str, Any] = faithfulness_curve(worker.entry, worker.graph, x, layer, score=cfg.score,
-                                                       normalize=cfg.normalize, lam=cfg.lam, lam_mode=cfg.lam_mode)
-            table["datapath_config"] = {"score": cfg.score, "normalize": cfg.normalize, "lam": cfg.lam,
-                                        "lam_mode": cfg.lam_mode}
+            name, ids = next(iter(a.groups.items()))
+            dp = a.datapaths[name]  # the datapath on screen, on the images it was extracted from
+            table: dict[str, Any] = faithfulness_curve(worker.entry, worker.graph, pool.tensor(ids), layer,
+                                                       datapath=dp)
             return table
 
         self.store.once(key, compute)

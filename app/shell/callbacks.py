@@ -26,7 +26,7 @@ from app.payloads import (
     PoolResult,
     ViewState,
     check_groups,
-    check_set_id,
+    set_id_or_demo,
 )
 from app.services import Services
 
@@ -34,7 +34,7 @@ from app.services import Services
 def context(services: Services, pool_result: Any, analysis_result: Any, groups: Any, set_id: Any,
             old: Any) -> Any:
     """The analysis context of the page (unchanged -> no update)."""
-    sid = check_set_id(set_id or DEMO_SET)
+    sid = set_id_or_demo(set_id)
     pool = PoolResult.from_json(pool_result)
     pool_key = pool.pool_key if pool is not None and pool.set_id == sid else None
     current = check_groups(groups)
@@ -78,7 +78,7 @@ def read_url(services: Services, pool_result: Any, href: Any, applied: Any, set_
     view = parse_view(href)
     if view is None:
         raise PreventUpdate
-    current = set_id or DEMO_SET
+    current = set_id_or_demo(set_id)
     if view.set_id != current:
         if pending is None:
             return {"pending": view.set_id}, view.set_id

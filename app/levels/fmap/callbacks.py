@@ -81,7 +81,9 @@ def curves(services: Services, result: Any, ctx_value: Any, focus: Any) -> tuple
     if not isinstance(table, dict):
         return no_update, HIDDEN
     group = next(iter(cx.groups), "")
-    return fig.faithfulness_figure(table, f"{r.layer}: top-1 preserved when keeping k maps ({group})"), {}
+    shown = table.get("datapath", {}).get("label", "") if isinstance(table.get("datapath"), dict) else ""
+    title = f"{r.layer}: top-1 preserved when keeping k maps ({group}; datapath on screen: {shown or 'default'})"
+    return fig.faithfulness_figure(table, title), {}
 
 
 def restore_view(services: Services, url_view: Any) -> tuple[Any, Any]:

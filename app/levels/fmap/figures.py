@@ -111,7 +111,9 @@ def faithfulness_figure(table: dict[str, object], title: str) -> go.Figure:
     """Preserved top-1 fraction vs number of kept maps, one line per method."""
     rows = [r for r in table["rows"] if r["fill"] == "zero"]  # type: ignore[index, union-attr, attr-defined]
     fig = go.Figure()
-    for method, label in METHOD_LABELS.items():
+    methods = list(dict.fromkeys(r["method"] for r in rows))  # type: ignore[index]
+    for method in methods:
+        label = METHOD_LABELS.get(method, method)
         pts = sorted((r["k"], r["preserved"]) for r in rows if r["method"] == method)
         if pts:
             fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=label))

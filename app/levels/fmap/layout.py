@@ -6,10 +6,9 @@ from dash import dcc, html
 
 from app.ids import Fmap, Job, JobIds
 from app.jobs.widgets import cancel_button, error_line, progress_box
+from app.levels.common import GRAPH_CONFIG
 from app.levels.fmap.callbacks import K_RANGE
 from app.levels.neuron.figures import empty_figure
-
-GRAPH_CONFIG: dict[str, object] = {"displaylogo": False, "toImageButtonOptions": {"format": "svg"}}
 
 
 def layout() -> html.Div:

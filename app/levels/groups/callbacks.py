@@ -8,7 +8,7 @@ from dash import ALL, Dash, Input, Output, State, ctx, html, no_update
 from dash.exceptions import PreventUpdate
 
 from aevis_core.pool import Pool
-from app.guard import bound
+from app.guard import bound, fired
 from app.ids import Groups, Images, Pattern, Shell
 from app.levels.groups import figures as fig
 from app.levels.groups.presets import compare_with_predicted, presets
@@ -44,9 +44,13 @@ def edit_groups(services: Services, _add: Any, preset: Any, _cmp: Any, _clear: A
     trig = ctx.triggered_id
     current = check_groups(groups)
     pool = current_pool(services, pool_result, set_id)
+    if fired(Shell.URL_VIEW):  # before the pool: both fire together when a shared URL's images are ready
+        view = ViewState.from_json(url_view) if isinstance(url_view, dict) and "groups" in url_view else None
+        if view is not None and view.groups and pool is not None:
+            return keep_known(pool, view.groups), ""
     if trig == Groups.CLEAR:
         return {}, ""
-    if trig == Shell.POOL_RESULT:
+    if fired(Shell.POOL_RESULT):
         kept = keep_known(pool, current)
         if kept == current:
             raise PreventUpdate
@@ -71,9 +75,6 @@ def edit_groups(services: Services, _add: Any, preset: Any, _cmp: Any, _clear: A
             cls = pool.class_names[pred] if pred is not None else "its predicted class"
             return no_update, f"no normal image of {cls} in this image set: add some (upload) to compare"
         return cmp, ""
-    if trig == Shell.URL_VIEW:
-        view = ViewState.from_json(url_view)
-        return (keep_known(pool, view.groups), "") if view and view.groups else (no_update, no_update)
     if isinstance(trig, dict) and trig.get("type") == Pattern.REMOVE_GROUP:
         if not any(t.get("value") for t in ctx.triggered):
             raise PreventUpdate

@@ -8,12 +8,11 @@ from dash import ALL, Dash, Input, Output, State, ctx, html, no_update
 from dash.exceptions import PreventUpdate
 
 from aevis_core.pool import Pool
-from app.config import DEMO_SET
-from app.guard import bound
+from app.guard import bound, fired
 from app.ids import Groups, Images, Pattern, Shell
 from app.levels.groups.presets import is_adversarial
 from app.levels.images import figures as fig
-from app.payloads import PoolResult
+from app.payloads import PoolResult, set_id_or_demo
 from app.services import Services, uploads
 
 FILTER_KINDS = ("all", "normal", "adversarial")
@@ -23,7 +22,7 @@ FILTER_CORRECT = ("all", "correct", "wrong")
 def current_pool(services: Services, pool_result: Any, set_id: Any) -> Pool | None:
     """The pool of the chosen image set, once prepared (None while it is being prepared)."""
     pr = PoolResult.from_json(pool_result)
-    if pr is None or pr.set_id != (set_id or DEMO_SET):
+    if pr is None or pr.set_id != set_id_or_demo(set_id):
         return None
     return services.pools.get(pr.pool_key)
 
@@ -80,7 +79,7 @@ def render_list(services: Services, pool_result: Any, set_id: Any, cls: Any, kin
 def toggle(services: Services, _clicks: Any, _clear: Any, _pool: Any, selection: Any) -> list[str]:
     """Click a thumbnail to (de)select it; Clear, or other images, empty the selection."""
     trig = ctx.triggered_id
-    if trig in (Images.CLEAR_SELECTION, Shell.POOL_RESULT):
+    if fired(Images.CLEAR_SELECTION) or fired(Shell.POOL_RESULT):
         return []
     if not isinstance(trig, dict) or not any(t.get("value") for t in ctx.triggered):
         raise PreventUpdate
@@ -89,11 +88,16 @@ def toggle(services: Services, _clicks: Any, _clear: Any, _pool: Any, selection:
     return [s for s in sel if s != item] if item in sel else sel + [item]
 
 
-def show_selection(services: Services, selection: Any, ids: Any, pool_result: Any,
-                   set_id: Any) -> tuple[Any, Any, Any]:
+def thumb_outputs() -> list[dict[str, Any]]:
+    """The thumbnail cards this request asks a class for (the renderer's own output list)."""
+    outs = ctx.outputs_list[0] if ctx.outputs_list else []
+    return [o for o in outs if isinstance(o, dict) and isinstance(o.get("id"), dict)] if isinstance(outs, list) else []
+
+
+def show_selection(services: Services, selection: Any, pool_result: Any, set_id: Any) -> tuple[Any, Any, Any]:
     """Highlight the selected thumbnails; enable "compare with its predicted class" for one adversarial."""
     sel = {s for s in selection if isinstance(s, str)} if isinstance(selection, list) else set()
-    classes = ["thumb selected" if isinstance(i, dict) and i.get("index") in sel else "thumb" for i in ids or []]
+    classes = ["thumb selected" if t.get("id", {}).get("index") in sel else "thumb" for t in thumb_outputs()]
     pool = current_pool(services, pool_result, set_id)
     one_adv = pool is not None and len(sel) == 1 and is_adversarial(pool, next(iter(sel)))
     return classes, f"{len(sel)} selected" if sel else "no image selected", not one_adv
@@ -129,6 +133,6 @@ def register(app: Dash, services: Services) -> None:
         bind(toggle, lambda m: no_update))
     app.callback(Output({"type": Pattern.THUMB, "index": ALL}, "className"), Output(Images.SELECTION_INFO, "children"),
                  Output(Groups.COMPARE_PREDICTED, "disabled"),
-                 Input(Images.SELECTION, "data"), State({"type": Pattern.THUMB, "index": ALL}, "id"),
+                 Input(Images.SELECTION, "data"),
                  State(Shell.POOL_RESULT, "data"), State(Images.IMAGE_SET, "value"))(
-        bind(show_selection, lambda m: (no_update, m, True)))
+        bind(show_selection, lambda m: (["thumb"] * len(thumb_outputs()), m, True)))

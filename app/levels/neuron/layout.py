@@ -6,10 +6,9 @@ from dash import dcc, html
 
 from app.ids import Job, JobIds, Neuron
 from app.jobs.widgets import cancel_button, error_line, progress_box
+from app.levels.common import GRAPH_CONFIG
 from app.levels.neuron.figures import empty_figure
 from app.services.analyses import STRIDES
-
-GRAPH_CONFIG: dict[str, object] = {"displaylogo": False, "toImageButtonOptions": {"format": "svg"}}
 
 
 def layout() -> html.Div:
