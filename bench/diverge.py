@@ -145,27 +145,40 @@ def run(name: str, args: argparse.Namespace) -> None:
     fooled = {m: float((entry.predict(a)[1] != y).float().mean()) for m, a in adv.items()}
     print(f"  attacks: MI-FGSM fools {fooled['mifgsm']:.0%}, PGD {fooled['pgd']:.0%} of the images")
 
-    reps = args.lite_reps if lite else args.reps
-    fp = false_positives(entry, graph, x, adv["mifgsm"], args.lite_pool if lite else args.pool, reps)
-    print("\n  | no-attack pairs | default rule fires | statistical part (min_effect 0) | repetitions |")
-    print("  |---|---|---|---|")
-    for size, (a, b, r) in fp.items():
-        print(f"  | {size} pair(s) | {a:.3f} | {b:.3f} | {r} |")
+    parts = set(args.parts.split(","))
+    if "fp" in parts:
+        reps = args.lite_reps if lite else args.reps
+        fp = false_positives(entry, graph, x, adv["mifgsm"], args.lite_pool if lite else args.pool, reps)
+        print("\n  | no-attack pairs | default rule fires | statistical part (min_effect 0) | repetitions |")
+        print("  |---|---|---|---|")
+        for size, (a, b, r) in fp.items():
+            print(f"  | {size} pair(s) | {a:.3f} | {b:.3f} | {r} |", flush=True)
 
     sets = sets_of(groups)
-    cmps = {}
-    for m in adv:
+    cmps: dict[str, NoiseComparison] = {}
+    for m in adv if "detect" in parts or "stability" in parts else ():
         t = time.perf_counter()
         cmps[m] = compare_with_noise_control(entry, graph, x, adv[m])
         print(f"  {m}: comparison of {x.shape[0]} pairs with 39 draws in {time.perf_counter() - t:.0f} s")
-    print("\n  | attack | 1 pair | 5 pairs | 10 pairs |")
-    print("  |---|---|---|---|")
-    for m, cmp in cmps.items():
-        det = detection(cmp, sets)
-        cells = [f"{a}/{n} = {a / n:.0%} (median at {p:.2f} of depth)" if n else "-" for a, n, p in det.values()]
-        print(f"  | {m} | " + " | ".join(cells) + " |")
+    if "detect" in parts:
+        print("\n  | attack | 1 pair | 5 pairs | 10 pairs |")
+        print("  |---|---|---|---|")
+        for m, cmp in cmps.items():
+            det = detection(cmp, sets)
+            cells = [f"{a}/{n} = {a / n:.0%} (median at {p:.2f} of depth)" if n else "-" for a, n, p in det.values()]
+            print(f"  | {m} | " + " | ".join(cells) + " |", flush=True)
+    ten = sets[10][0][: args.stability_images]
+    if "stability" in parts:
+        stability(entry, graph, x, y, adv, cmps, ten, groups, names, eps, lite)
+    if "cost" in parts:
+        cost(entry, graph, x[ten], adv["mifgsm"][ten])
+    print(f"  ({name} done in {time.perf_counter() - t0:.0f} s)")
 
-    ten = sets[10][0]
+
+def stability(entry: ModelEntry, graph: LayerGraph, x: torch.Tensor, y: torch.Tensor, adv: dict[str, torch.Tensor],
+              cmps: dict[str, NoiseComparison], ten: list[int], groups: list[list[int]], names: list[str],
+              eps: float, lite: bool) -> None:
+    """Diverging point of one set across controls, control seeds, PGD seeds; of disjoint subsets."""
     xs, xas = x[ten], adv["mifgsm"][ten]
     label = f"{names[0]} set of {len(ten)}" if not lite else f"first {len(ten)} images"
     print(f"\n  stability of the diverging point ({label}, MI-FGSM):")
@@ -174,20 +187,24 @@ def run(name: str, args: argparse.Namespace) -> None:
     for kind in CONTROLS:
         c = compare_with_noise_control(entry, graph, xs, xas, eps, control=kind)
         energy = c.rms_255()
-        print(f"  | control | {kind} | {where(c)} | {energy['rms_adv_255']} / {energy['rms_control_255']} |")
+        print(f"  | control | {kind} | {where(c)} | {energy['rms_adv_255']} / {energy['rms_control_255']} |",
+              flush=True)
+    print(f"  | control seed | 0 | {where(cmps['mifgsm'], ten)} | |", flush=True)
     for seed in (1, 2):
         c = compare_with_noise_control(entry, graph, xs, xas, seed=seed)
-        print(f"  | control seed | {seed} | {where(c)} | |")
-    print(f"  | control seed | 0 | {where(cmps['mifgsm'], ten)} | |")
-    for seed in (0, 1, 2):
-        pgd = adv["pgd"][ten] if seed == 0 else attack(entry, xs, y[ten], "pgd", eps, seed)
-        c = compare_with_noise_control(entry, graph, xs, pgd)
-        print(f"  | PGD seed | {seed} | {where(c)} | |")
+        print(f"  | control seed | {seed} | {where(c)} | |", flush=True)
+    print(f"  | PGD seed | 0 | {where(cmps['pgd'], ten)} | |", flush=True)
+    for seed in (1, 2):
+        c = compare_with_noise_control(entry, graph, xs, attack(entry, xs, y[ten], "pgd", eps, seed))
+        print(f"  | PGD seed | {seed} | {where(c)} | |", flush=True)
     for g, nm in zip(groups, names, strict=True):
         halves = [g[:5], g[5:10]] if len(g) >= 10 else [g]
         found = " / ".join(where(cmps["mifgsm"], h) for h in halves)
         print(f"  | disjoint subset | {nm} ({' / '.join(str(len(h)) for h in halves)} images) | {found} | |")
 
+
+def cost(entry: ModelEntry, graph: LayerGraph, xs: torch.Tensor, xas: torch.Tensor) -> None:
+    """Time of the comparison with 39 draws over the plain paired similarity, same run."""
     t = time.perf_counter()
     activation_similarity(entry, graph, xs, xas)
     plain = time.perf_counter() - t
@@ -195,8 +212,7 @@ def run(name: str, args: argparse.Namespace) -> None:
     compare_with_noise_control(entry, graph, xs, xas)
     full = time.perf_counter() - t
     print(f"\n  cost: comparison with 39 draws / plain paired similarity = {full / plain:.1f}x "
-          f"({len(ten)} pairs; forwards ratio {(39 + 2) / 2:.1f}x)")
-    print(f"  ({name} done in {time.perf_counter() - t0:.0f} s)")
+          f"({xs.shape[0]} pairs; forwards ratio {(39 + 2) / 2:.1f}x)", flush=True)
 
 
 def main() -> None:
@@ -207,6 +223,8 @@ def main() -> None:
     p.add_argument("--lite-reps", type=int, default=200, help="repetitions for EfficientNet-Lite0")
     p.add_argument("--lite-pool", type=int, default=79, help="pool draws per image for EfficientNet-Lite0")
     p.add_argument("--lite-images", type=int, default=20, help="NIPS images for EfficientNet-Lite0 (classes of 5)")
+    p.add_argument("--parts", default="fp,detect,stability,cost", help="which tables (default all)")
+    p.add_argument("--stability-images", type=int, default=10, help="size of the set the stability table varies")
     args = p.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); alpha {ALPHA}")
