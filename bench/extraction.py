@@ -7,8 +7,9 @@ Per model (same images, same process, interleaved repeats, best of each):
 * (a) the previous floor: one forward returning every layer's output + ONE
   ``torch.autograd.grad`` of Σp w.r.t. all of them + the q reductions (it keeps every layer's
   output and gradient alive until the end);
-* (b) the full extraction :func:`extract_datapath` (tensor-hook capture, q per layer, every QP,
-  critical sets, links);
+* (c) the new capture alone: one forward + one backward with tensor-hook capture of every layer
+  (q and per-map means, :func:`batch_scores`), no QP;
+* (b) the full extraction :func:`extract_datapath` (that capture, every QP, critical sets, links);
 * Captum's one-call ``LayerGradientXActivation`` over the same module layers, when captum is
   importable (not a dependency of the project).
 
@@ -44,6 +45,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aevis_core.datapath.extract import ExtractConfig, extract_datapath  # noqa: E402
+from aevis_core.datapath.scores_pass import batch_scores  # noqa: E402
 from aevis_core.graph import LayerCapture, build_graph  # noqa: E402
 from aevis_core.graph.capture import map_q  # noqa: E402
 from aevis_core.graph.types import LayerGraph  # noqa: E402
@@ -206,6 +208,13 @@ def old_floor(entry: ModelEntry, graph: LayerGraph, x: Tensor, bs: int = 32) -> 
         del acts, grads
 
 
+def capture_pass(entry: ModelEntry, graph: LayerGraph, x: Tensor, bs: int = 32) -> None:
+    """(c) one forward + one backward with tensor-hook capture of every layer (q, means), no QP."""
+    cap = LayerCapture(entry.model, graph, graph.feature_layers())
+    for s in range(0, x.shape[0], bs):
+        batch_scores(cap, x[s:s + bs], None)
+
+
 def extraction(entry: ModelEntry, graph: LayerGraph, x: Tensor, bs: int = 32) -> None:
     """The full extraction (QP method, default options)."""
     extract_datapath(entry, graph, x, ExtractConfig(batch_size=bs))
@@ -234,7 +243,7 @@ def sync(device: str) -> None:
 def time_case(case: str, repeat: int, device: str) -> dict[str, float]:
     """Best-of-``repeat`` seconds of each pass, interleaved (plain, a, b, captum, plain, ...)."""
     entry, graph, x = setup(case, device=device)
-    fns: dict[str, Callable[..., None]] = {"plain": plain, "a": old_floor, "b": extraction}
+    fns: dict[str, Callable[..., None]] = {"plain": plain, "a": old_floor, "c": capture_pass, "b": extraction}
     try:
         import captum  # noqa: F401
 
@@ -283,7 +292,7 @@ def peak(case: str, mode: str, n: int | None = None, device: str = "cpu") -> dic
 def report(device: str, cases: list[str], repeat: int) -> None:
     print(f"\n## {device.upper()} (torch {torch.__version__}, threads {torch.get_num_threads()}, best of {repeat})")
     head = ("| model, images | layers | plain fwd+bwd | (a) old floor | (b) extraction | (b) ÷ plain | (a) ÷ plain"
-            " | captum ÷ plain | peak plain | peak (b) | peak ratio | increase ratio |")
+            " | (c) capture ÷ plain | captum ÷ plain | peak plain | peak (b) | peak ratio | increase ratio |")
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
     for case in cases:
@@ -294,7 +303,8 @@ def report(device: str, cases: list[str], repeat: int) -> None:
             1e-9, mp[key] - (0 if key == "cuda_peak" else mp["setup"]))
         cap = f"{t['captum'] / t['plain']:.2f}" if "captum" in t else "—"
         print(f"| {CASES[case][0]}, {int(t['images'])} | {int(t['layers'])} | {t['plain']:.2f} s | {t['a']:.2f} s "
-              f"| {t['b']:.2f} s | **{t['b'] / t['plain']:.2f}** | {t['a'] / t['plain']:.2f} | {cap} "
+              f"| {t['b']:.2f} s | **{t['b'] / t['plain']:.2f}** | {t['a'] / t['plain']:.2f} "
+              f"| {t['c'] / t['plain']:.2f} | {cap} "
               f"| {mp[key]:.0f} MB | {mb[key]:.0f} MB | **{mb[key] / mp[key]:.2f}** | {inc:.2f} |", flush=True)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from aevis_core.datapath.scores_pass import batch_scores
 from aevis_core.graph import LayerCapture, build_graph
-from aevis_core.graph.capture import Taps, map_mean, map_q
+from aevis_core.graph.capture import Scratch, Taps, map_mean, map_q
 from aevis_core.models.base import ModelSpec, wrap
 from tests.toy_models import InplaceNet, Untraceable
 
@@ -25,6 +25,9 @@ def test_map_q_and_mean_reduce_every_other_axis(shape, axis):
     want_m = a.mean(dims) if dims else a
     assert torch.allclose(map_q(a, g, axis), want_q) and map_q(a, g, axis).shape == (2, shape[axis])
     assert torch.allclose(map_mean(a, axis), want_m)
+    scratch = Scratch()  # reused buffer: a bigger product first, then this one, same result
+    map_q(torch.ones(3, *shape), torch.ones(3, *shape), axis, scratch)
+    assert torch.allclose(map_q(a, g, axis, scratch), want_q)
 
 
 def test_each_hook_releases_its_layer_during_the_backward(resnet20, resnet20_graph):
@@ -117,3 +120,64 @@ def test_q_of_a_layer_read_through_its_relu_equals_autograd(resnet20, resnet20_g
     for k, gr in zip(("layer2.1.bn1", "layer2.1.conv1"), grads, strict=True):
         ref = (store[k] * gr).sum((2, 3)).double().detach().numpy()
         assert np.allclose(bs.q[k].numpy(), ref, rtol=1e-4, atol=1e-9) and np.abs(ref).max() > 0
+
+
+def test_input_layer_q_is_pixels_times_input_gradient():
+    from tests.toy_models import ToyResNet
+
+    torch.manual_seed(0)
+    e = wrap(ModelSpec(ToyResNet(), (2, 2), ["a", "b"]), "toy")
+    g = build_graph(e.model, (1, 2, 2), "toy")
+    x = torch.rand(3, 1, 2, 2)
+    t = torch.tensor([0, 1, 0])
+    bs = batch_scores(LayerCapture(e.model, g, ["input", "conv1"]), x, t, "logit")
+    xx = x.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(e.model(xx).gather(1, t.view(-1, 1)).sum(), [xx])
+    assert np.allclose(bs.q["input"].numpy(), (x * gx).sum((2, 3)).double().numpy(), atol=1e-7)
+    assert np.allclose(bs.mean_act["input"].numpy(), x.mean((2, 3)).double().numpy())
+
+
+class InplaceSix(torch.nn.Module):
+    """conv -> BN -> ReLU6(inplace) -> conv -> SiLU -> pool -> fc: activations recomputed, not held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn = torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6)
+        self.act = torch.nn.ReLU6(inplace=True)
+        self.conv2, self.act2 = torch.nn.Conv2d(6, 5, 3, padding=1), torch.nn.SiLU()
+        self.fc = torch.nn.Linear(5, 3)
+        with torch.no_grad():
+            self.conv1.weight.mul_(8.0)  # some values above 6 and below 0
+            self.bn.running_var.fill_(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act2(self.conv2(self.act(self.bn(self.conv1(x)))))
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+def test_recomputed_activations_give_autograd_q():
+    torch.manual_seed(0)
+    e = wrap(ModelSpec(InplaceSix(), (6, 6), ["a", "b", "c"]), "six")
+    g = build_graph(e.model, (3, 6, 6), "six")
+    ids = ["conv1", "bn", "act", "conv2", "act2"]
+    x = torch.rand(4, 3, 6, 6)
+    t = torch.tensor([0, 1, 2, 0])
+    cap = LayerCapture(e.model, g, ids)
+    logits, taps = cap.taps(x.clone().requires_grad_(True))
+    assert set(taps._held) == {"conv1", "bn", "conv2"}  # act = ReLU6(bn), act2 = SiLU(conv2): recomputed
+    bs = batch_scores(cap, x, t)
+    net = e.model.net
+    # autograd reference, eager and without in-place ops
+    xx = x.clone().requires_grad_(True)
+    bn = net.bn(net.conv1(e.model.normalize(xx)))
+    act = torch.nn.functional.relu6(bn)
+    c2 = net.conv2(act)
+    a2 = torch.nn.functional.silu(c2)
+    p = torch.softmax(net.fc(a2.mean(dim=(2, 3))), 1).gather(1, t.view(-1, 1)).sum()
+    refs = dict(zip(["bn", "act", "conv2", "act2"], torch.autograd.grad(p, [bn, act, c2, a2]), strict=True))
+    vals = {"bn": bn, "act": act, "conv2": c2, "act2": a2}
+    assert ((bn > 6) | (bn < 0)).any()
+    for k, gr in refs.items():
+        ref = (vals[k] * gr).sum((2, 3)).double().detach().numpy()
+        assert np.allclose(bs.q[k].numpy(), ref, rtol=1e-4, atol=1e-8) and np.abs(ref).max() > 0, k
+    assert np.allclose(bs.mean_act["act"].numpy(), act.mean((2, 3)).double().detach().numpy(), atol=1e-6)

@@ -21,7 +21,6 @@ are removed after every call, so the model is left unchanged.
 
 from __future__ import annotations
 
-import string
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,19 +32,37 @@ from torch import fx, nn
 
 from aevis_core.errors import AEVisError
 from aevis_core.graph.fallback import call_hooks
-from aevis_core.graph.ops import is_inplace
+from aevis_core.graph.ops import function_name, is_inplace
 from aevis_core.graph.trace import trace
 from aevis_core.graph.types import LayerGraph
 
 Tensor = torch.Tensor
 
 
-def map_q(a: Tensor, g: Tensor, axis: int) -> Tensor:
-    """``q_nj = Σ_rest a · g`` (N, C) for ``a``, ``g`` of any layout with the maps on ``axis`` (batch at 0)."""
-    if a.dim() == 2:
-        return a * g if axis == 1 else (a * g).sum(1, keepdim=True)
-    letters = string.ascii_lowercase[: a.dim()]
-    return torch.einsum(f"{letters},{letters}->a{letters[axis]}", a, g)
+def map_q(a: Tensor, g: Tensor, axis: int, scratch: Scratch | None = None) -> Tensor:
+    """``q_nj = Σ_rest a · g`` (N, C) for ``a``, ``g`` of any layout with the maps on ``axis`` (batch at 0).
+
+    The product is written into ``scratch`` (one buffer reused by every layer: a fresh tensor of
+    that size per layer costs more in page faults than the multiplication) and then summed.
+    """
+    dims = tuple(d for d in range(1, a.dim()) if d != axis)
+    prod = torch.mul(a, g, out=scratch.take(a)) if scratch is not None else a * g
+    return prod.sum(dim=dims) if dims else prod.clone()
+
+
+class Scratch:
+    """A flat buffer grown to the largest product seen; :meth:`take` returns a view shaped like ``a``."""
+
+    def __init__(self) -> None:
+        self.buf: Tensor | None = None
+
+    def take(self, a: Tensor) -> Tensor:
+        """A contiguous view of the buffer with ``a``'s shape, dtype and device (contents undefined)."""
+        n = a.numel()
+        b = self.buf
+        if b is None or b.numel() < n or b.dtype != a.dtype or b.device != a.device:
+            b = self.buf = torch.empty(n, dtype=a.dtype, device=a.device)
+        return b[:n].view(a.shape)
 
 
 def map_mean(a: Tensor, axis: int) -> Tensor:
@@ -69,25 +86,42 @@ class Taps:
     axes: dict[str, int]
     mean: dict[str, Tensor] = field(default_factory=dict)
     q: dict[str, Tensor] = field(default_factory=dict)
+    scratch: Scratch = field(default_factory=Scratch)
     _held: dict[str, Tensor] = field(default_factory=dict)
 
-    def tap(self, a: Tensor, mean_lid: str | None, q_lids: tuple[str, ...] = (), axis: int = 1) -> None:
-        """Forward: ``mean[mean_lid]`` from ``a`` now; hook ``a``'s gradient to give ``q[l]`` for ``q_lids``
-        (holding ``a`` only until the hook runs)."""
+    def tap(self, a: Tensor, mean_lid: str | None, q_lids: tuple[str, ...] = (), axis: int = 1,
+            source: tuple[str, Callable[[Tensor], Tensor]] | None = None) -> None:
+        """Forward: ``mean[mean_lid]`` from ``a`` now; hook ``a``'s gradient to give ``q[l]`` for ``q_lids``,
+        holding ``a`` only until the hook runs — or, with ``source = (key, f)``, holding nothing and
+        recomputing ``a = f(held[key])`` in the hook (``a`` an activation of a layer held anyway)."""
         if mean_lid is not None:
             with torch.no_grad():
                 self.mean[mean_lid] = map_mean(a.detach(), axis)
-        if q_lids and a.requires_grad:
-            key = q_lids[0]
-            self._held[key] = a
-            a.register_hook(lambda g: self._grad(key, q_lids, axis, g))
+        if not q_lids or not a.requires_grad:
+            return
+        if source is not None:
+            a.register_hook(lambda g: self._recomputed(source, q_lids, axis, g))
+            return
+        key = q_lids[0]
+        self._held[key] = a
+        a.register_hook(lambda g: self._grad(key, q_lids, axis, g))
+
+    def _recomputed(self, source: tuple[str, Callable[[Tensor], Tensor]], q_lids: tuple[str, ...], axis: int,
+                    g: Tensor) -> None:
+        src = self._held.get(source[0])
+        if src is None:  # cannot happen: the source layer's gradient needs this one's first
+            raise RuntimeError(f"capture: {source[0]} released before {q_lids[0]}")
+        with torch.no_grad():
+            q = map_q(source[1](src.detach()), g, axis, self.scratch)
+        for lid in q_lids:
+            self.q[lid] = q
 
     def _grad(self, key: str, q_lids: tuple[str, ...], axis: int, g: Tensor) -> None:
         a = self._held.pop(key, None)
         if a is None:  # a second gradient for the same tensor cannot happen in one backward
             return
         with torch.no_grad():
-            q = map_q(a.detach(), g, axis)
+            q = map_q(a.detach(), g, axis, self.scratch)
         for lid in q_lids:
             self.q[lid] = q
 
@@ -107,15 +141,46 @@ class _Current(threading.local):
 class _Tap(nn.Module):
     """Identity module the taps GraphModule calls after a node: ``a -> a`` plus :meth:`Taps.tap`."""
 
-    def __init__(self, mean_lid: str | None, q_lids: tuple[str, ...], axis: int, current: _Current) -> None:
+    def __init__(self, mean_lid: str | None, q_lids: tuple[str, ...], axis: int, current: _Current,
+                 source: tuple[str, Callable[[Tensor], Tensor]] | None = None) -> None:
         super().__init__()
-        self.mean_lid, self.q_lids, self.axis, self.current = mean_lid, q_lids, axis, current
+        self.mean_lid, self.q_lids, self.axis, self.current, self.source = mean_lid, q_lids, axis, current, source
 
     def forward(self, a: Tensor) -> Tensor:
         taps = self.current.taps
         if taps is not None:
-            taps.tap(a, self.mean_lid, self.q_lids, self.axis)
+            taps.tap(a, self.mean_lid, self.q_lids, self.axis, self.source)
         return a
+
+
+_ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
+                nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.Mish, nn.Softplus)
+_ACT_NAMES = {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh",
+              "leaky_relu", "elu", "celu", "selu", "mish", "softplus"}
+
+
+def _recompute_fn(node: fx.Node, modules: dict[str, nn.Module]) -> Callable[[Tensor], Tensor] | None:
+    """``t -> node's value`` for an elementwise activation of one tensor (other arguments constant)."""
+    if any(isinstance(a, fx.Node) for a in [*node.args[1:], *node.kwargs.values()]):
+        return None
+    args, kwargs = tuple(node.args[1:]), dict(node.kwargs)
+    if node.op == "call_module":
+        mod = modules.get(str(node.target))
+        if type(mod) not in _ACT_MODULES or mod is None:
+            return None
+        inplace = bool(getattr(mod, "inplace", False))
+        return lambda t: mod(t.clone() if inplace else t)
+    name = function_name(node.target)
+    if name.rstrip("_") not in _ACT_NAMES:
+        return None
+    inplace = name.endswith("_") or kwargs.get("inplace") is True
+    if node.op == "call_method":
+        meth = str(node.target)
+        return lambda t: getattr(t.clone() if inplace else t, meth)(*args, **kwargs)
+    fn = node.target
+    if not callable(fn):
+        return None
+    return lambda t: fn(t.clone() if inplace else t, *args, **kwargs)
 
 
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -184,6 +249,8 @@ def _taps_module(model: nn.Module, graph: LayerGraph, layer_ids: list[str], axes
     A layer ``a`` whose only consumer is a ReLU ``r`` gets its q from ``r``'s tap: elementwise
     ``a · ∂p/∂a = a · 1[a > 0] · ∂p/∂r = r · ∂p/∂r`` (the same float products, so the same sums), so
     ``a`` itself is not held — ``r`` is kept by autograd anyway — and an in-place ReLU needs no clone.
+    A layer that is an activation ``f(a)`` (GELU, SiLU, ReLU6, ...) of a held layer ``a`` is not held
+    either: its hook recomputes ``f(a)`` (the same op on the same values, so the same result).
     """
     gm = trace(model)
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
@@ -196,11 +263,19 @@ def _taps_module(model: nn.Module, graph: LayerGraph, layer_ids: list[str], axes
         spec.setdefault(node, ([], [], ax))[0].append(lid)
         via_relu = len(users) == 1 and out_node not in node.users and _is_relu(users[0], modules)
         spec.setdefault(users[0] if via_relu else node, ([], [], ax))[1].append(lid)
-    for i, (node, (mean_lids, q_lids, ax)) in enumerate(spec.items()):
-        if q_lids:
+    sources: dict[fx.Node, tuple[str, Callable[[Tensor], Tensor]]] = {}
+    for node, (_, q_lids, _) in spec.items():
+        src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        fn = _recompute_fn(node, modules) if q_lids and src is not None else None
+        if fn is not None and src in spec and spec[src][1] and src not in sources:
+            sources[node] = (spec[src][1][0], fn)
+    for node, (_, q_lids, _) in spec.items():
+        if q_lids and node not in sources:  # held until its gradient comes: keep it from in-place ops
             _protect_inplace(gm, node, out_node, modules)
+    for i, (node, (mean_lids, q_lids, ax)) in enumerate(spec.items()):
         name = f"aevis_tap_{i}"
-        gm.add_submodule(name, _Tap(mean_lids[0] if mean_lids else None, tuple(q_lids), ax, current))
+        gm.add_submodule(name, _Tap(mean_lids[0] if mean_lids else None, tuple(q_lids), ax, current,
+                                    sources.get(node)))
         with gm.graph.inserting_after(node):
             gm.graph.call_module(name, (node,))
     gm.graph.lint()
@@ -238,6 +313,7 @@ class LayerCapture:
     followed by the caller's backward pass (e.g. ``torch.autograd.grad(p.sum(), x)``), then
     ``taps.finish()``. ``x`` should have ``requires_grad=True`` (the model's parameters are frozen)
     for gradients to flow. Unknown layers and layers without a feature-map axis are refused.
+    One capture serves one thread at a time (its q products share a scratch buffer).
     """
 
     def __init__(self, model: nn.Module, graph: LayerGraph, layer_ids: list[str]) -> None:
@@ -247,6 +323,7 @@ class LayerCapture:
         self.layer_ids = list(layer_ids)
         self.axes: dict[str, int] = {k: int(graph.nodes[k].channel_axis or 0) + 1 for k in self.layer_ids}
         self._out_gm: fx.GraphModule | None = None
+        self._scratch = Scratch()  # reused by every batch of this capture
 
     def __call__(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """One forward pass: logits and the chosen layers' outputs, maps on axis 1 (batch first)."""
@@ -274,7 +351,7 @@ class LayerCapture:
 
     def taps(self, x: Tensor) -> tuple[Tensor, Taps]:
         """One forward pass recording per-map means and hooking q into the next backward pass."""
-        taps = Taps(dict(self.axes))
+        taps = Taps(dict(self.axes), scratch=self._scratch)
         if "input" in self.axes:
             taps.tap(x, "input", ("input",), self.axes["input"])
         if not self.graph.traced:
