@@ -19,13 +19,18 @@ the larger of the two. The child reports its stage times:
   for the ratio. Both must give the same kind of pool: the bench prints how many predictions
   agree and the largest score difference.
 
-Server mode starts ``.venv/bin/aevis serve --cache-dir <fresh tmp dir> --port <free port>``,
+Server mode starts ``aevis serve --cache-dir <fresh tmp dir> --port <free port>`` (the console
+script of pyproject.toml, run by this interpreter),
 polls ``GET /readyz`` (200 = demo pool ready; falls back to ``/healthz`` when the server has no
 ``/readyz``, and says so) while sampling the RSS of the server's process tree (plus any process
 whose command line names the fresh cache dir, such as a detached preparation process) every
 0.2 s, prints time to ready and peak RSS, then stops the server.
 
-Set ``OMP_NUM_THREADS`` / ``--threads`` to the cores of the target (2 on the reference machine).
+Threads come from the environment (``OMP_NUM_THREADS``; torch's default is one per core). On a
+shared machine set ``OMP_WAIT_POLICY=PASSIVE``: with the default spinning OpenMP barriers, two
+threads on two busy cores cost 5-10x the CPU time of one (measured with ``--skip-legacy``). The
+header prints the load average: absolute times are only comparable on an idle machine, the
+legacy/new ratios and the CPU times are the robust figures.
 """
 
 from __future__ import annotations
@@ -212,12 +217,24 @@ def _status(url: str) -> int:
         return 0
 
 
+def _aevis_command() -> list[str]:
+    """``aevis`` as ``make serve`` runs it: the project's console script, called through this
+    interpreter from its pyproject entry point (a venv's ``bin/aevis`` goes stale when the
+    entry point moves and the package is not reinstalled)."""
+    import tomllib
+
+    entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["aevis"]
+    module, func = entry.split(":")
+    return [sys.executable, "-c", f"import sys; from {module} import {func} as m; sys.argv[0] = 'aevis'; "
+            "sys.exit(m())"]
+
+
 def server(timeout: float) -> None:
     """Start `aevis serve` on a fresh cache, wait for /readyz, print time and peak tree RSS."""
     cache = Path(tempfile.mkdtemp(prefix="aevis-first-start-cache-"))
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [str(ROOT / ".venv" / "bin" / "aevis"), "serve", "--cache-dir", str(cache), "--port", str(port)]
+    cmd = [*_aevis_command(), "serve", "--cache-dir", str(cache), "--port", str(port)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
