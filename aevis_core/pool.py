@@ -95,6 +95,8 @@ def _forward(entry: ModelEntry, x: torch.Tensor, batch_size: int) -> tuple[np.nd
     Features come from the classifier head's input (:func:`penultimate_features`); a model
     without a linear head gets None and plain logits (the pool then cannot be scored).
     """
+    if x.shape[0] == 0:
+        return None, np.zeros((0, entry.num_classes), dtype=np.float32)
     try:
         find_classifier(entry.model, entry.num_classes)
     except AEVisError as exc:
@@ -159,6 +161,9 @@ def add_scores(pool: Pool, seed: int | None = None) -> Pool:
     Uses the features kept on the pool (no model pass, well under a second for the demo).
     ``seed`` defaults to the attack's seed, as :func:`build_pool` uses.
     """
+    if not pool.items:
+        pool.scored = True
+        return pool
     if pool.features is None or pool.logits is None:
         raise AEVisError("this pool has no penultimate features (model without a linear "
                          "classifier head): it cannot be scored")
@@ -191,7 +196,8 @@ def build_pool(entry: ModelEntry, images: ImageSet, attack: AttackConfig,
     del x
     feats, logits = _forward(entry, x8, batch_size)
     pred = logits.argmax(1)
-    y = torch.tensor([int(p) if lab is None else int(lab) for lab, p in zip(images.labels, pred.tolist(), strict=True)])
+    y = torch.tensor([int(p) if lab is None else int(lab) for lab, p in zip(images.labels, pred.tolist(), strict=True)],
+                     dtype=torch.long)
     crafter = _channels_last((source or entry).model)
     cfg = replace(attack, batch_size=max(1, min(attack.batch_size, batch_size)))
     report(0, total, "attacking")
@@ -217,6 +223,6 @@ def build_pool(entry: ModelEntry, images: ImageSet, attack: AttackConfig,
         report(n, total, "scoring")
         add_scores(pool, attack.seed)
     report(total, total, "done")
-    log.info("pool of %d images: attack + predictions %.1f s, scores %.2f s", n,
+    log.info("pool of %d images: preprocessing + attack %.1f s, predictions + scores %.2f s", n,
              t_attack - t0, time.perf_counter() - t_attack)
     return pool

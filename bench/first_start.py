@@ -24,7 +24,8 @@ script of pyproject.toml, run by this interpreter),
 polls ``GET /readyz`` (200 = demo pool ready; falls back to ``/healthz`` when the server has no
 ``/readyz``, and says so) while sampling the RSS of the server's process tree (plus any process
 whose command line names the fresh cache dir, such as a detached preparation process) every
-0.2 s, prints time to ready and peak RSS, then stops the server.
+0.2 s, prints time to ready and the peak of the summed RSS (and of the summed PSS: forked
+workers share pages that RSS counts once per process), then stops the server.
 
 Threads come from the environment (``OMP_NUM_THREADS``; torch's default is one per core). On a
 shared machine set ``OMP_WAIT_POLICY=PASSIVE``: with the default spinning OpenMP barriers, two
@@ -125,8 +126,9 @@ def child(variant: str, out: Path) -> None:
 
 
 # ---------------------------------------------------------------- parent side
-def tree_rss(root: psutil.Process, marker: str | None = None) -> int:
-    """Summed RSS in bytes of ``root``, its descendants and processes naming ``marker``."""
+def tree_rss(root: psutil.Process, marker: str | None = None, pss: bool = False) -> int:
+    """Summed RSS in bytes of ``root``, its descendants and processes naming ``marker``
+    (``pss``: proportional set size instead, which counts pages shared by forked processes once)."""
     procs = {root.pid: root}
     try:
         procs.update({p.pid: p for p in root.children(recursive=True)})
@@ -139,8 +141,8 @@ def tree_rss(root: psutil.Process, marker: str | None = None) -> int:
     total = 0
     for p in procs.values():
         try:
-            total += p.memory_info().rss
-        except psutil.Error:
+            total += p.memory_full_info().pss if pss else p.memory_info().rss
+        except (psutil.Error, AttributeError):
             pass
     return total
 
@@ -236,13 +238,15 @@ def server(timeout: float) -> None:
     base = f"http://127.0.0.1:{port}"
     cmd = [*_aevis_command(), "serve", "--cache-dir", str(cache), "--port", str(port)]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    log_path = cache.with_suffix(".log")  # a file, not a pipe: a full pipe would block the server
+    log_file = log_path.open("wb")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     ps = psutil.Process(proc.pid)
-    peak, endpoint, ready_at, up_at = 0, "/readyz", None, None
+    peak, peak_pss, endpoint, ready_at, up_at = 0, 0, "/readyz", None, None
     try:
         while time.perf_counter() - t0 < timeout and proc.poll() is None:
             peak = max(peak, tree_rss(ps, str(cache)))
+            peak_pss = max(peak_pss, tree_rss(ps, str(cache), pss=True))
             code = _status(base + endpoint)
             if code and up_at is None:
                 up_at = time.perf_counter() - t0
@@ -264,13 +268,17 @@ def server(timeout: float) -> None:
         for p in psutil.process_iter(["cmdline"]):  # a detached preparation process of this run
             if str(cache) in " ".join(p.info.get("cmdline") or []):
                 p.kill()
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        log_file.close()
+        err = log_path.read_text(errors="replace")
+        log_path.unlink(missing_ok=True)
         shutil.rmtree(cache, ignore_errors=True)
     if ready_at is None:
         print(err[-2000:])
         raise SystemExit(f"server not ready on {endpoint} after {timeout:.0f} s (exit code {proc.returncode})")
     print(f"aevis serve, fresh cache: HTTP up after {up_at:.1f} s, {endpoint} 200 after {ready_at:.1f} s, "
-          f"peak RSS of the process tree {peak / 2**20:.0f} MB (targets {TARGET_S:.0f} s, {TARGET_MB:.0f} MB)")
+          f"peak summed RSS of the process tree {peak / 2**20:.0f} MB, peak summed PSS {peak_pss / 2**20:.0f} MB "
+          f"(targets {TARGET_S:.0f} s, {TARGET_MB:.0f} MB; load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')})")
 
 
 def main() -> None:

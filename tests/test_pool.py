@@ -149,3 +149,8 @@ def test_model_without_linear_head_pools_but_cannot_be_scored(small: ImageSet) -
     assert [it.pred for it in p.items] == pred.tolist() and p.features is None
     with pytest.raises(AEVisError, match="cannot be scored"):
         add_scores(p)
+
+
+def test_empty_set_gives_an_empty_pool(resnet20: Any) -> None:
+    p = build_pool(resnet20, ImageSet("empty"), ATTACK)
+    assert p.items == [] and p.pixels.shape == (0, 32, 32, 3) and p.scored
