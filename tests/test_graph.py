@@ -175,3 +175,20 @@ def test_model_that_cannot_be_traced_nor_run_gives_one_line():
         build_graph(e.model, (3, 4, 4), "broken")
     msg = str(err.value)
     assert "cannot build a layer graph of Broken" in msg and "RuntimeError" in msg and "\n" not in msg
+
+
+def test_layouts_survive_the_dict_round_trip_and_old_dicts_load():
+    from tests.toy_layouts import ToyViT
+
+    torch.manual_seed(0)
+    e = wrap(ModelSpec(ToyViT(), (8, 8), list("abcd")), "vit")
+    g = build_graph(e.model, (3, 8, 8), "vit")
+    d = g.to_dict()
+    g2 = LayerGraph.from_dict(d)
+    assert g2.to_dict() == d and g2.unmapped == g.unmapped and g2.nodes["block.fc1"].channel_axis == 1
+    assert g2.nodes["block.fc1"].spatial == (5,)  # tokens
+    assert [k for k, n in g.nodes.items() if not n.inputs] == ["input"]  # the class token is no root layer
+    old = {**d, "nodes": [{k: v for k, v in nd.items() if k != "channel_axis"} for nd in d["nodes"]]}
+    del old["unmapped"]
+    g3 = LayerGraph.from_dict(old)
+    assert g3.nodes["patch"].channel_axis == 0 and g3.unmapped == {}
