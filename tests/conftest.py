@@ -80,3 +80,18 @@ def resnet20_graph(resnet20):
     from aevis_core.graph import build_graph
 
     return build_graph(resnet20.model, (3, 32, 32), "r20")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed browser test leaves a screenshot: test-artifacts/FAILED-<test>.png."""
+    outcome = yield
+    report = outcome.get_result()
+    duo = item.funcargs.get("dash_duo") if hasattr(item, "funcargs") else None
+    if report.when == "call" and report.failed and duo is not None:
+        from tests.browser_helpers import shot
+
+        try:
+            shot(duo, f"FAILED-{item.name}")
+        except Exception:  # noqa: BLE001 - the browser may be gone; the failure itself is what matters
+            pass
