@@ -1,7 +1,7 @@
 """Load test: concurrent simulated sessions against the dashboard served by gunicorn, over HTTP.
 
 1. Prepares (or reuses) the pool and one analysis (the first preset) in a cache folder (warm cache).
-2. Starts ``gunicorn -c python:app.gunicorn_conf app.wsgi:server`` on a loopback port, configured by
+2. Starts ``gunicorn -c python:app.server.gunicorn_conf app.server.wsgi:server`` on a loopback port, configured by
    ``AEVIS_*`` variables matching that cache, and waits until ``/`` answers.
 3. Runs N sessions in threads, each an :class:`app.dash_client.DashClient` (own page load, own
    signed ``end_id``): pool via the background ``pool`` callback, Analyze (background, cache hit),
@@ -44,16 +44,13 @@ MAX_SESSIONS, MAX_SECONDS = 50, 300
 
 def warm(cfg: Any) -> tuple[str, str]:
     """Pool + analysis of the first preset in ``cfg``'s cache; returns (pool key, preset name)."""
-    from app.jobs import prepare_pool, run_analysis
-    from app.resources import Resources
-    from app.views import images as iv
+    from app.levels.groups.presets import presets
+    from app.services import Services
 
-    res = Resources(cfg)
-    pool_key = prepare_pool(lambda p: None, res)
-    pool = res.pool(pool_key)
-    assert pool is not None
-    name, groups = next(iter(iv.presets(pool).items()))
-    run_analysis(lambda p: None, res, groups, pool_key)
+    services = Services.create(cfg)
+    pool_key = services.pools.prepare("demo", lambda d, t, s: None)
+    name, groups = next(iter(presets(services.pools.require(pool_key)).items()))
+    services.analyses.run(groups, pool_key, lambda d, t, s: None)
     return pool_key, name
 
 
@@ -66,7 +63,7 @@ def free_port(host: str) -> int:
 def start_gunicorn(args: argparse.Namespace, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).parent / "gunicorn"
     cmd = [str(exe) if exe.exists() else (shutil.which("gunicorn") or "gunicorn"),
-           "-c", "python:app.gunicorn_conf", "app.wsgi:server"]
+           "-c", "python:app.server.gunicorn_conf", "app.server.wsgi:server"]
     env = dict(os.environ, AEVIS_HOST=args.host, AEVIS_PORT=str(port), AEVIS_MODEL=args.model,
                AEVIS_CACHE_DIR=str(args.cache_dir), AEVIS_MAX_IMAGES=str(args.max_images),
                AEVIS_WORKERS=str(args.workers), AEVIS_THREADS=str(args.threads))
@@ -132,7 +129,7 @@ class Stats:
             self.errors.append(text)
 
 
-LAYER_GRAPH = [("layer-graph", "elements"), ("layer-graph", "stylesheet")]
+LAYER_GRAPH = [("layer-graph", "elements"), ("layer-graph", "stylesheet"), ("layer-title", "children")]
 TREEMAP = [("fmap-treemap", "figure"), ("fmap-title", "children")]
 NEURON = [("neuron-heatmaps", "figure"), ("neuron-title", "children")]
 
@@ -153,18 +150,21 @@ def session(base: str, preset: str, stats: Stats, deadline: float, think_s: floa
 
     try:
         stats.timed("page load (3 GETs)", c.load)
-        o = fire("pool (background)", [("pool-key", "data"), ("pool-error", "children")], changed=[])
-        if not o.get("pool-key", {}).get("data"):
-            raise RuntimeError(f"pool callback returned no key: {o}")
-        o = fire("pool ready", [("model-info", "children"), ("filter-class", "options"), ("preset", "options"),
-                                ("gen-source", "options")], changed=["pool-key.data"])
+        o = fire("pool (background)", [("pool-result", "data"), ("pool-error", "children")], changed=[])
+        if not o.get("pool-result", {}).get("data"):
+            raise RuntimeError(f"pool callback returned no pool: {o}")
+        o = fire("pool ready", [("model-info", "children"), ("filter-class", "options"), ("gen-source", "options")],
+                 changed=["pool-result.data"])
         classes = [x["value"] for x in o["filter-class"]["options"]]
-        fire("groups (preset)", [("groups", "data")], {"preset.value": preset})
-        o = fire("analyze (background)", [("analysis-key", "data"), ("analyze-error", "children")],
+        fire("presets", [("preset", "options")], changed=["pool-result.data"])
+        fire("groups (preset)", [("groups", "data"), ("groups-hint", "children")], {"preset.value": preset})
+        fire("context", [("context", "data")], changed=["groups.data"])
+        o = fire("analyze (background)", [("analysis-result", "data"), ("analyze-error", "children")],
                  {"analyze.n_clicks": 1})
-        if not o.get("analysis-key", {}).get("data"):
-            raise RuntimeError(f"Analyze returned no key: {o}")
-        fire("cut and focus", [("cut", "data"), ("focus-layer", "data")], changed=["analysis-key.data"])
+        if not o.get("analysis-result", {}).get("data"):
+            raise RuntimeError(f"Analyze returned no analysis: {o}")
+        fire("context", [("context", "data")], changed=["analysis-result.data"])
+        fire("cut and focus", [("cut", "data"), ("focus-layer", "data")], changed=["context.data"])
     except Exception as exc:  # noqa: BLE001 - counted and reported
         stats.error(f"session {seed} setup: {type(exc).__name__}: {exc}")
         return

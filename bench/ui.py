@@ -20,11 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aevis_core.layout.treecut import tree_cut
 from app.config import AppConfig
-from app.factory import create_app
-from app.jobs import prepare_pool, run_analysis
-from app.resources import Resources
-from app.views import images as iv
+from app.levels.fmap import figures as fv
+from app.levels.groups.presets import presets
+from app.payloads import AnalysisContext, LayerCut, LayerFocus, MapFocus
+from app.server.factory import create_app
+from app.services import Services
 
 
 def post(client: Any, outputs: list[tuple[str, str]], inputs: list[tuple[str, str, Any]],
@@ -60,49 +62,42 @@ def main() -> None:
     ap.add_argument("--no-browser", action="store_true")
     args = ap.parse_args()
     cfg = AppConfig(model=args.model, cache_dir=Path(args.cache_dir), max_images=60)
-    res = Resources(cfg)
-    pool_key = prepare_pool(lambda p: None, res)
-    pool = res.pool(pool_key)
-    assert pool is not None
-    groups = next(iter(iv.presets(pool).values()))
-    analysis = run_analysis(lambda p: None, res, groups, pool_key)
+    services = Services.create(cfg)
+    pool_key = services.pools.prepare("demo", lambda d, t, s: None)
+    pool = services.pools.require(pool_key)
+    groups = next(iter(presets(pool).values()))
+    analysis = services.analyses.run(groups, pool_key, lambda d, t, s: None)
     app = create_app(cfg)
     client = app.server.test_client()
-    from aevis_core.graph.hierarchy import build_hierarchy
-    from aevis_core.layout.treecut import tree_cut
-    from app.callbacks_views import doi_of, initial_focus
-
-    doi = doi_of(analysis)
-    cut = tree_cut(build_hierarchy(res.graph), doi, budget=50)
-    layer = initial_focus(analysis, doi)
     key = analysis.key
-    from app.views import fmap as fv
-
+    cut = LayerCut(key, tree_cut(services.model.hierarchy, services.analyses.doi(analysis), budget=50)).to_json()
+    layer = services.analyses.initial_layer(analysis)
+    focus = LayerFocus(key, layer).to_json()
+    context = AnalysisContext("demo", pool_key, analysis.groups, key, " vs ".join(analysis.groups)).to_json()
     rects = fv.treemap_rects(analysis, layer, 4, "importance")
     first_map = next(r.maps[0] for r in rects if r.kind == "cluster")
+    graph_out = [("layer-graph", "elements"), ("layer-graph", "stylesheet"), ("layer-title", "children")]
+    tree_out = [("fmap-treemap", "figure"), ("fmap-title", "children")]
     cases = {
         "layer graph (λ slider)": lambda i: post(
-            client, [("layer-graph", "elements"), ("layer-graph", "stylesheet")],
-            [("cut", "data", cut), ("stat", "value", "similarity"), ("lam", "value", (i % 17) / 4),
-             ("focus-layer", "data", layer)], [("analysis-key", "data", key)], "lam.value"),
+            client, graph_out, [("cut", "data", cut), ("stat", "value", "similarity"), ("lam", "value", (i % 17) / 4),
+                                ("focus-layer", "data", focus)], [("context", "data", context)], "lam.value"),
         "layer graph (statistic)": lambda i: post(
-            client, [("layer-graph", "elements"), ("layer-graph", "stylesheet")],
-            [("cut", "data", cut), ("stat", "value", ["similarity", "activation", "jaccard"][i % 3]),
-             ("lam", "value", 1), ("focus-layer", "data", layer)], [("analysis-key", "data", key)], "stat.value"),
+            client, graph_out, [("cut", "data", cut), ("stat", "value", ["similarity", "activation", "jaccard"][i % 3]),
+                                ("lam", "value", 1), ("focus-layer", "data", focus)], [("context", "data", context)],
+            "stat.value"),
         "treemap (k slider)": lambda i: post(
-            client, [("fmap-treemap", "figure"), ("fmap-title", "children")],
-            [("focus-layer", "data", layer), ("fmap-k", "value", 1 + i % 8), ("fmap-color", "value", "importance"),
-             ("pinned", "data", [])],
-            [("analysis-key", "data", key)], "fmap-k.value"),
+            client, tree_out, [("focus-layer", "data", focus), ("fmap-k", "value", 1 + i % 8),
+                               ("fmap-color", "value", "importance"), ("pinned", "data", None),
+                               ("context", "data", context)], [], "fmap-k.value"),
         "treemap (colour)": lambda i: post(
-            client, [("fmap-treemap", "figure"), ("fmap-title", "children")],
-            [("focus-layer", "data", layer), ("fmap-k", "value", 4),
-             ("fmap-color", "value", ["importance", "activation", "difference"][i % 3]), ("pinned", "data", [])],
-            [("analysis-key", "data", key)], "fmap-color.value"),
+            client, tree_out, [("focus-layer", "data", focus), ("fmap-k", "value", 4),
+                               ("fmap-color", "value", ["importance", "activation", "difference"][i % 3]),
+                               ("pinned", "data", None), ("context", "data", context)], [], "fmap-color.value"),
         "neuron heat maps (cluster click)": lambda i: post(
             client, [("neuron-heatmaps", "figure"), ("neuron-title", "children")],
-            [("focus-map", "data", {"layer": layer, "map": first_map, "cluster": "c"}), ("overlay", "value", [])],
-            [("analysis-key", "data", key), ("pool-key", "data", pool_key)], "focus-map.data"),
+            [("focus-map", "data", MapFocus(key, layer, first_map, "c").to_json()), ("overlay", "value", []),
+             ("context", "data", context)], [], "focus-map.data"),
     }
     print(f"{args.model}: warm cache, {args.calls} calls per view change (server time, Flask test client)")
     for name, fn in cases.items():

@@ -118,7 +118,8 @@ def test_neuron_figures():
     heat = [t for t in fig.data if t.type == "heatmap"]
     assert len(heat) == 5 and heat[0].zmin == -heat[0].zmax
     one = nv.heatmap_figure({"A": maps["A"][:1], "B": maps["B"][:1]}, {"A": ["a"], "B": ["d"]}, "label")
-    assert len(one.layout.annotations) == 2 + 0 and "xaxis3" not in one.layout.to_plotly_json()  # a 2x1 grid, no empty cells
+    # a 2x1 grid: no empty cells
+    assert len(one.layout.annotations) == 2 and "xaxis3" not in one.layout.to_plotly_json()
     over = nv.heatmap_figure(maps, {"A": ["a", "b", "c"], "B": ["d", "e"]}, "label",
                              images={"A": np.zeros((3, 8, 8, 3), dtype=np.uint8)})
     assert len([t for t in over.data if t.type == "image"]) == 3

@@ -32,7 +32,8 @@ class Gunicorn:
                    AEVIS_DEVICE="cpu", AEVIS_USERS=f"{AUTH[0]}:{generate_password_hash(AUTH[1])}",
                    AEVIS_LOG_LEVEL="INFO", PYTHONPATH=str(ROOT))
         self.out = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "python:app.server.gunicorn_conf", "app.server.wsgi:server"],
+        self.proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "python:app.server.gunicorn_conf",
+                                      "app.server.wsgi:server"],
                                      cwd=ROOT, env=env, stdout=self.out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         end = time.time() + 90
