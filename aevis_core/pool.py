@@ -192,27 +192,27 @@ def build_pool(entry: ModelEntry, images: ImageSet, attack: AttackConfig,
     n = len(images.images)
     total = n + n // 4
     x = entry.preprocess_many(images.images)
-    x8 = quantise(x, x, None)[1].float() / 255.0
+    clean8 = quantise(x, x, None)[1]  # uint8: float copies live only while a pass needs them
     del x
-    feats, logits = _forward(entry, x8, batch_size)
+    feats, logits = _forward(entry, clean8.float() / 255.0, batch_size)
     pred = logits.argmax(1)
     y = torch.tensor([int(p) if lab is None else int(lab) for lab, p in zip(images.labels, pred.tolist(), strict=True)],
                      dtype=torch.long)
     crafter = _channels_last((source or entry).model)
     cfg = replace(attack, batch_size=max(1, min(attack.batch_size, batch_size)))
     report(0, total, "attacking")
-    adv = run_attack(crafter, x8.contiguous(memory_format=torch.channels_last), y, cfg,
-                     progress=lambda d, t: report(d, total, "attacking"))
+    x8 = (clean8.float() / 255.0).contiguous(memory_format=torch.channels_last)
+    adv = run_attack(crafter, x8, y, cfg, progress=lambda d, t: report(d, total, "attacking"))
     del crafter
     adv8 = quantise(adv, x8, attack.eps if attack.norm == "linf" else None)[0]
-    del adv
+    del adv, x8
     t_attack = time.perf_counter()
     afeats, alogits = _forward(entry, adv8.float() / 255.0, batch_size)
     all_logits = np.concatenate([logits, alogits])
     all_feats = None if feats is None or afeats is None else np.concatenate([feats, afeats])
     preds = all_logits.argmax(1)
     probs = _softmax(all_logits)[np.arange(2 * n), preds]
-    pix = torch.cat([(x8 * 255).round().to(torch.uint8), adv8]).permute(0, 2, 3, 1).numpy()
+    pix = torch.cat([clean8, adv8]).permute(0, 2, 3, 1).numpy()
     items = [PoolItem(images.ids[i], "normal", images.ids[i], images.labels[i], int(preds[i]),
                       float(probs[i]), math.nan) for i in range(n)]
     items += [PoolItem(f"{images.ids[i]}~adv", "adversarial", images.ids[i], images.labels[i],
