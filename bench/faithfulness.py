@@ -64,7 +64,7 @@ MODELS = {
     "efficientnet-lite0": ("nips2017", ["_blocks.2.add", "_blocks.9.add", "_swish#2"]),
 }
 FAMILY = {"qp": "QP", "gx": "grad×act", "act": "activation", "random": "random", "gates": "gates"}
-CURRENT_DEFAULT = "qp[prob,l1,rho=0.1]"
+CURRENT_DEFAULT = "qp[prob,l1,rho=0.1]"  # the default before this protocol
 GATE_BUDGET = {"efficientnet-lite0": 100.0}  # timing section; ResNet-56 uses the default budget_s
 
 
@@ -213,7 +213,7 @@ def run_model(name: str, per_class: int | None, layers_n: int | None, betas: tup
     print(f"  {'method (params from tuning)':34s} {'class, zero':>15s} {'class, mean':>15s} "
           f"{'mixed, zero':>15s} {'mixed, mean':>15s}")
     for v in sorted(shown, key=lambda v: -table[v]["class/zero"][0]):
-        label = f"{FAMILY[family(v)]} {v[len(family(v)):]}" + (" (current default)" if v == CURRENT_DEFAULT else "")
+        label = f"{FAMILY[family(v)]} {v[len(family(v)):]}" + (" (previous default)" if v == CURRENT_DEFAULT else "")
         print(f"  {label:34s} " + " ".join(f"{table[v][c][0]:.3f}/{table[v][c][1]:+.3f}".rjust(15)
                                           for c in ("class/zero", "class/mean", "mixed/zero", "mixed/mean")))
     out = {"model": name, "halves": halves, "layers": layers, "images_per_set": len(sets[0].images),
@@ -250,7 +250,7 @@ def combine(log: dict[str, Any], names: list[str]) -> None:
         print(f"  {FAMILY[f] + ' ' + v[len(f):]:34s} {t:14.3f} "
               + " ".join(f"{vals[c][0]:.3f}/{vals[c][1]:+.3f}".rjust(15) for c in cols))
     cur = [log[m]["report"][CURRENT_DEFAULT] for m in names]
-    print(f"  {'QP [prob,l1,rho=0.1] (current)':34s} {'':14s} " + " ".join(
+    print(f"  {'QP [prob,l1,rho=0.1] (previous)':34s} {'':14s} " + " ".join(
         f"{np.mean([r[c][0] for r in cur]):.3f}/{np.mean([r[c][1] for r in cur]):+.3f}".rjust(15) for c in cols))
     best = max(rows)
     print(f"recommended default (best on the report half's class sets): {FAMILY[best[1]]} {best[2][len(best[1]):]}")

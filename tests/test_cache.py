@@ -47,7 +47,7 @@ def test_cached_datapath_reused(tmp_path, resnet20, cifar_demo):
     layers = ["layer3.2.relu2", "linear"]
     dp1, hit1 = cached_datapath(resnet20, g, x, ExtractConfig(), cache, layers)
     dp2, hit2 = cached_datapath(resnet20, g, x, ExtractConfig(), cache, layers)
-    dp3, hit3 = cached_datapath(resnet20, g, x, ExtractConfig(score="logit"), cache, layers)
+    dp3, hit3 = cached_datapath(resnet20, g, x, ExtractConfig(score="prob"), cache, layers)
     assert (hit1, hit2, hit3) == (False, True, False)
     assert dp1.layers["linear"].critical == dp2.layers["linear"].critical
     assert np.array_equal(dp1.q["linear"], dp2.q["linear"])

@@ -35,7 +35,7 @@ def per_layer_q(entry, layer_module, x, targets):
 def test_one_pass_q_equals_per_layer_autograd(r20):
     entry, g, x = r20
     layers = ["layer1.0.conv1", "layer2.1.relu1", "layer3.2.bn2"]
-    dp = extract_datapath(entry, g, x, ExtractConfig(normalize="none"), layers=layers)
+    dp = extract_datapath(entry, g, x, ExtractConfig(score="prob", normalize="none"), layers=layers)
     targets = torch.as_tensor(dp.targets)
     net = entry.model.net
     for lid in layers:
@@ -105,7 +105,7 @@ def test_lambda_modes(r20):
     entry, g, x = r20
     lid = "layer3.2.relu2"
     paper = extract_datapath(entry, g, x, ExtractConfig(lam_mode="paper"), layers=[lid])
-    rel = extract_datapath(entry, g, x, ExtractConfig(), layers=[lid])
+    rel = extract_datapath(entry, g, x, ExtractConfig(rho=0.1), layers=[lid])
     q = rel.q[lid].astype(np.float64)
     assert rel.layers[lid].lam == pytest.approx(0.1 * np.trace(q.T @ q) / 64, rel=1e-6)
     assert paper.layers[lid].lam == pytest.approx(0.1 / 64**2)

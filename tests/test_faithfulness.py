@@ -227,8 +227,9 @@ def test_curve_evaluates_the_datapath_the_user_sees(resnet20, cifar_demo):
         # the same table from the ready datapath (no second extraction)
         tab2 = faithfulness_curve(resnet20, g, x, layer, datapath=shown, evaluator=ev, fill=("zero", "mean"))
         assert tab2["rows"] == tab["rows"]
-    assert describe(ExtractConfig()) == "QP (prob, l1, λ=0.1·tr(Q)/n, z>0.5, coverage 0.5)"
-    assert describe(ExtractConfig(lam_mode="paper", coverage=None)) == "QP (prob, l1, λ=0.1/n² (paper), z>0.5)"
+    assert describe(ExtractConfig()) == "QP (logit, none, λ=1·tr(Q)/n, z>0.5, coverage 0.5)"
+    assert describe(ExtractConfig(score="prob", normalize="l1", lam_mode="paper", coverage=None)) == \
+        "QP (prob, l1, λ=0.1/n² (paper), z>0.5)"
     gx = extract_datapath(resnet20, g, x, ExtractConfig(method="gradxact_topk"), layers=[layer])
     with pytest.raises(AEVisError):
         faithfulness_curve(resnet20, g, x, layer, datapath=gx, evaluator=ev, methods=("qp",))

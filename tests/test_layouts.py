@@ -66,7 +66,7 @@ def test_exact_q_on_the_feature_axis(cls):
     layers = list(LAYERS[cls])
     for lid, (_, axis) in LAYERS[cls].items():
         assert g.nodes[lid].channel_axis == axis - 1, lid
-    dp = extract_datapath(e, g, x, ExtractConfig(normalize="none", batch_size=3), layers=layers)
+    dp = extract_datapath(e, g, x, ExtractConfig(score="prob", normalize="none", batch_size=3), layers=layers)
     targets = torch.as_tensor(dp.targets)
     for lid, (name, axis) in LAYERS[cls].items():
         q, mean = reference_q(e, net, name, axis, x, targets)

@@ -21,7 +21,8 @@ LAYER = "layer3.2.relu2"  # 64 maps > 8 images: the QP's z is far from all-ones
 def setup(resnet20, cifar_demo):
     g = build_graph(resnet20.model, (3, 32, 32), "r20")
     x = resnet20.preprocess_many(cifar_demo.images[::12][:8])  # 8 images, 8 classes
-    dp = extract_datapath(resnet20, g, x, ExtractConfig(normalize="none", lam_mode="paper"), layers=[LAYER])
+    cfg = ExtractConfig(score="prob", normalize="none", lam_mode="paper")
+    dp = extract_datapath(resnet20, g, x, cfg, layers=[LAYER])
     return resnet20, g, x, dp
 
 

@@ -39,9 +39,11 @@ Progress = Callable[[int, int], None]
 class ExtractConfig:
     """Options of :func:`extract_datapath`.
 
+    Defaults (QP, ``logit``, ``none``, ρ = 1) chosen on held-out classes (``bench/faithfulness.py``:
+    parameters tuned on half of the demo classes, the best method on the other half's class sets).
     ``score``: differentiate the target's probability (``prob``, the paper) or ``logit``.
-    ``normalize``: ``l1`` (default) divides each image's q by Σ_j |q_kj| so every image weighs
-    the same (confident images have tiny probability gradients and would otherwise not count).
+    ``normalize``: ``l1`` divides each image's q by Σ_j |q_kj| so every image weighs the same
+    (confident images have tiny probability gradients); ``none`` keeps q as is.
     ``lam``: an absolute ridge weight λ; when None, ``lam_mode`` decides: ``relative``
     (default) λ = ρ·tr(Q)/n, a ridge relative to the data, or ``paper`` λ = 0.1/n². With the
     paper's λ and c = Q·1, z = 1 is almost optimal and z > 0.5 keeps (nearly) every map when
@@ -56,18 +58,18 @@ class ExtractConfig:
     """
 
     method: str = "qp"
-    score: str = "prob"
-    normalize: str = "l1"
+    score: str = "logit"
+    normalize: str = "none"
     lam: float | None = None
     lam_mode: str = "relative"
-    rho: float = 0.1
+    rho: float = 1.0
     threshold: float = 0.5
     top_k: int | None = None
     target: str | int = "pred"
     batch_size: int = 32
     seed: int = 0
     coverage: float | None = 0.5
-    sparsity: float = 1.0
+    sparsity: float = 5.0
     budget_s: float = 25.0
 
     def validate(self) -> ExtractConfig:

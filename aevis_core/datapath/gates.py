@@ -71,7 +71,7 @@ __all__ = ["GateConfig", "GateResult", "GatedModel", "learn_datapath", "learn_ga
 class GateConfig:
     """Training options of :func:`learn_gates` (see the module doc for the loss)."""
 
-    sparsity: float = 1.0
+    sparsity: float = 5.0
     lr: float = 0.03
     init: float = 1.0
     max_steps: int = 300
