@@ -89,7 +89,7 @@ def test_pool_analyze_and_views_over_http(base_url: str) -> None:
     assert "diverging point" in text_of(out["analysis-summary"]["children"])
 
     # PreventUpdate answers 204 -> {}.
-    assert client.call([("selection", "data")], [[], ("clear-selection", "n_clicks", 0)],
+    assert client.call([("selection", "data")], [[], ("clear-selection", "n_clicks", 0), ("pool-result", "data", pool)],
                        [("selection", "data", [])], changed=[]) == {}
 
 
