@@ -91,3 +91,37 @@ def test_gates_through_extract_datapath(toy):
     for ld in dp.layers.values():
         assert ld.z.shape == (2,) and ((ld.z >= 0) & (ld.z <= 1)).all()
         assert set(ld.critical) == {j for j in range(2) if ld.z[j] > ld.lam}
+
+
+def test_gates_act_on_the_feature_map_axis_of_channels_last_layers():
+    """A hard gate closing map 0 of a channels-last Linear equals zeroing [..., 0] of its output."""
+    import torch
+
+    from aevis_core.datapath.gates import GatedModel
+    from tests.test_layouts import make
+    from tests.toy_layouts import ToyConvNeXt
+
+    entry, net, graph = make(ToyConvNeXt)
+    lid = next(k for k, v in graph.nodes.items() if (v.module or "").endswith("block1.pwconv1"))
+    node = graph.nodes[lid]
+    assert node.channel_axis == len(node.shape) - 1 and node.channels == 32  # (H, W, 4C): maps last
+    gated = GatedModel(entry.model, graph, [lid])
+    mask = torch.ones(32)
+    mask[0] = 0.0
+    gated.set_hard({lid: mask})
+    x = torch.rand(3, 3, 8, 8)
+
+    def zero_first(_m, _i, out):
+        out = out.clone()
+        out[..., 0] = 0.0
+        return out
+
+    handle = net.block1.pwconv1.register_forward_hook(zero_first)
+    try:
+        want = entry.model(x)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        got = gated(x)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(entry.model(x), want, atol=1e-6)  # the mask did change the output

@@ -86,15 +86,16 @@ class GateConfig:
 class Gate(nn.Module):
     """Per-map gate of one layer: ``a · θ`` (θ ∈ [0, 1] kept by projection) or ``a · m`` with a fixed mask ``m``."""
 
-    def __init__(self, n: int, init: float) -> None:
+    def __init__(self, n: int, init: float, axis: int = 1) -> None:
         super().__init__()
         self.theta = nn.Parameter(torch.full((n,), float(init)))
+        self.axis = axis  # axis of the feature maps in the raw layer output (batch included)
         self.fixed: Tensor | None = None
         self.ste = False
 
     def forward(self, a: Tensor) -> Tensor:
-        """``a`` (B, n, ...) scaled per map (``ste``: by [θ > 0.5] forward, ∂/∂θ straight through)."""
-        return apply_mask(a, self.fixed if self.fixed is not None else self.mask())
+        """``a`` (maps on ``axis``) scaled per map (``ste``: by [θ > 0.5] forward, ∂/∂θ straight through)."""
+        return apply_mask(a, self.fixed if self.fixed is not None else self.mask(), axis=self.axis)
 
     def mask(self) -> Tensor:
         """(n,) the trained mask: θ, or [θ > 0.5] with a straight-through gradient when ``ste``."""
@@ -125,7 +126,10 @@ class GatedModel:
             node = by_name.get(graph.fx_names[lid])
             if node is None:
                 raise AEVisError(f"layer {lid!r} is not in the re-traced graph")
-            gate = Gate(int(graph.nodes[lid].channels), init)
+            node_info = graph.nodes[lid]
+            if node_info.channel_axis is None:
+                raise AEVisError(f"layer {lid!r} has no feature-map axis; it cannot be gated")
+            gate = Gate(int(node_info.channels), init, axis=node_info.channel_axis + 1)
             name = f"aevis_gate_{i}"
             gm.add_submodule(name, gate)
             self.gates[lid] = gate
