@@ -135,6 +135,7 @@ def start(cfg: AppConfig) -> subprocess.Popen[bytes] | None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                                      os.environ.get("PYTHONPATH")])))
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spinning threads beside the web workers
+    env.setdefault("MALLOC_ARENA_MAX", "2")  # one-shot process: fewer glibc arenas, less resident memory
     log.info("preparing the demo pool in the background (status in %s)", status_path(cfg))
     return subprocess.Popen([sys.executable, "-m", "app.services.preparation", config_to_json(cfg)],
                             env=env, stdin=subprocess.DEVNULL, start_new_session=True)
