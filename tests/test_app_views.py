@@ -136,3 +136,14 @@ def test_export_json_is_serialisable(setup):
     doc = {"datapaths": {k: datapath_to_dict(v) for k, v in a.datapaths.items()}, "statistics": a.stats.to_dict(),
            "divergence": a.divergence.to_dict() if a.divergence else None}
     assert json.loads(json.dumps(doc))["divergence"]["layer"] == a.divergence.layer
+
+
+def test_summary_names_the_diverging_point_its_evidence_and_the_control(setup):
+    from app.levels.groups.figures import summary
+
+    _, _, _, a = setup
+    text = " ".join(str(c.children) for c in summary(a))
+    assert f"diverging point: {a.divergence.layer}" in text
+    assert "control: shuffled, rms" in text and "/255 vs adversarial" in text
+    if a.divergence.layer:
+        assert "95 % CI" in text and f"× {a.divergence.draws} control draws" in text

@@ -33,7 +33,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
     if args.json:
         out(json.dumps(g.to_dict(), indent=1))
         return 0
-    out(f"{entry.name}: {len(g.nodes)} layers, {len(g.blocks)} residual blocks, "
+    concat = len(g.blocks_of("concat"))
+    out(f"{entry.name}: {len(g.nodes)} layers, {len(g.blocks_of('residual'))} residual blocks"
+        + (f", {concat} concatenations" if concat else "") + ", "
         f"{'traced with torch.fx' if g.traced else 'hook fallback'}")
     if g.warning:
         out(f"warning: {g.warning}")
