@@ -147,3 +147,10 @@ def test_summary_names_the_diverging_point_its_evidence_and_the_control(setup):
     assert "control: shuffled, rms" in text and "/255 vs adversarial" in text
     if a.divergence.layer:
         assert "95 % CI" in text and f"× {a.divergence.draws} control draws" in text
+
+
+def test_layer_labels_are_the_shortest_unique_suffixes():
+    names = lv.short_names(["layer1.2.bn1", "layer3.2.bn1", "layer3.1.bn1", "conv1", "layer1", "fc"])
+    assert names == {"layer1.2.bn1": "layer1.2.bn1", "layer3.2.bn1": "layer3.2.bn1", "layer3.1.bn1": "1.bn1",
+                     "conv1": "conv1", "layer1": "layer1", "fc": "fc"}
+    assert len(set(names.values())) == len(names)

@@ -74,10 +74,21 @@ def dot_plot_svg(columns: Sequence[list[tuple[float, str, tuple[float, float] | 
     return "data:image/svg+xml;utf8," + urllib.parse.quote("".join(parts))
 
 
-def short(node_id: str) -> str:
-    """Compact node label: last two dotted parts."""
-    parts = node_id.split(".")
-    return ".".join(parts[-2:]) if len(parts) > 2 else node_id
+def short_names(node_ids: Sequence[str]) -> dict[str, str]:
+    """Shortest dotted suffix of each id that no other id ends with (``layer1.2.bn1`` and
+    ``layer3.2.bn1`` stay apart as ``1.2.bn1`` / ``3.2.bn1``); the full id on hover."""
+    ids = list(node_ids)
+    out: dict[str, str] = {}
+    for nid in ids:
+        parts = nid.split(".")
+        for k in range(1, len(parts) + 1):
+            cand = ".".join(parts[-k:])
+            if not any(o != nid and (o == cand or o.endswith("." + cand)) for o in ids):
+                out[nid] = cand
+                break
+        else:
+            out[nid] = nid
+    return out
 
 
 def elements(graph: LayerGraph, root: GroupNode, a: Analysis, lay: CalendarLayout, mapping: Mapping[str, str],
@@ -86,6 +97,7 @@ def elements(graph: LayerGraph, root: GroupNode, a: Analysis, lay: CalendarLayou
     groups = {g.id for g in _walk(root) if not g.is_leaf}
     div = a.divergence.layer if a.divergence is not None else None
     out: list[dict[str, Any]] = []
+    names = short_names(list(lay.nodes))
     for nid in lay.nodes:
         mem = members(nid, mapping)
         cols = [layer_values(a, m, stat) for m in mem]
@@ -95,8 +107,9 @@ def elements(graph: LayerGraph, root: GroupNode, a: Analysis, lay: CalendarLayou
             classes.append("diverging")
         if focus in mem:
             classes.append("focus")
-        label = f"{short(nid)} ({len(mem)})" if nid in groups else short(nid)
-        out.append({"data": {"id": nid, "label": label, "svg": dot_plot_svg(cols, stat, [m == div for m in mem]),
+        label = f"{names[nid]} ({len(mem)})" if nid in groups else names[nid]
+        svg = dot_plot_svg(cols, stat, [m == div for m in mem])
+        out.append({"data": {"id": nid, "label": label, "svg": svg,
                              "members": len(mem), "is_group": nid in groups},
                     "position": {"x": x, "y": y}, "classes": " ".join(classes)})
     for s, t in lay.edges:
@@ -116,10 +129,13 @@ STYLESHEET: list[dict[str, Any]] = [
     {"selector": "node", "style": {
         "shape": "round-rectangle", "width": NODE_W, "height": NODE_H, "background-image": "data(svg)",
         "background-fit": "contain", "border-width": 1, "border-color": "#7b8794", "label": "data(label)",
-        "font-size": 9, "text-valign": "top", "text-margin-y": -2, "color": "#323f4b"}},
+        "font-size": 11, "text-valign": "top", "text-margin-y": -2, "color": "#323f4b", "min-zoomed-font-size": 6}},
     {"selector": "node.group", "style": {"border-width": 2, "border-color": "#52606d", "border-style": "double"}},
-    {"selector": "node.diverging", "style": {"border-width": 3, "border-color": "#e67e22"}},
-    {"selector": "node.focus", "style": {"border-width": 3, "border-color": "#f1c40f", "overlay-opacity": 0.08}},
+    {"selector": "node.focus", "style": {"border-width": 3, "border-color": "#2471a3", "overlay-color": "#2471a3",
+                                         "overlay-opacity": 0.10}},
+    {"selector": "node.diverging", "style": {"border-width": 4, "border-color": "#e67e22", "border-style": "solid",
+                                             "color": "#a04000", "font-weight": "bold"}},
+    {"selector": "node.diverging.focus", "style": {"border-style": "double", "border-width": 6}},
     {"selector": "edge", "style": {"width": 1.2, "line-color": "#9aa5b1", "curve-style": "bezier",
                                    "target-arrow-shape": "triangle", "target-arrow-color": "#9aa5b1",
                                    "arrow-scale": 0.6}},

@@ -26,7 +26,8 @@ def layout() -> html.Div:
             html.Button("Collapse group of the selected layer", id=Layer.COLLAPSE, n_clicks=0),
         ], className="controls"),
         html.Div("Click a group (double border) to expand it; click a layer to open its feature maps. "
-                 "Orange border: diverging point; grey band: noise control (5–95 %).", className="legend"),
+                 "Orange border: diverging point; blue: the selected layer; grey band: the control (5–95 %).",
+                 className="legend"),
         html.Div([
             cyto.Cytoscape(id=Layer.GRAPH, elements=[], layout={"name": "preset", "fit": True},
                            style={"width": "100%", "height": "520px"}, minZoom=0.2, maxZoom=3,
