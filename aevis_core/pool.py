@@ -132,27 +132,32 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def pool_scores(features: np.ndarray, logits: np.ndarray, n: int, labels: list[int | None],
                 seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold scores (clean (n,), adversarial (n,)) from features of the 2n pool items.
+    """Out-of-fold scores (clean (n,), adversarial (n,)) from features of the 2n pool items (NaN when
+    even leave-one-out leaves too few images to fit a scorer).
 
     features (2n, D) / logits (2n, K): normal items first, then their adversarial twins in the
-    same order. 2-fold cross-fitting stratified by class (one fold below 4 images): each fold is
+    same order. 2-fold cross-fitting stratified by class (leave-one-out when a fold would be too small): each fold is
     scored by a logistic KD + entropy scorer fitted on the other fold's normal images and their
     adversarial twins (Feinman et al. 2017), never on itself.
     """
     f, z, fa, za = features[:n], logits[:n], features[n:], logits[n:]
-    s_clean = np.zeros(n)
-    s_adv = np.zeros(n)
-    fold_of = stratified_folds(labels, n, 2, seed=seed) if n >= 4 else np.zeros(n, dtype=np.int64)
-    for k in np.unique(fold_of):
-        test = np.flatnonzero(fold_of == k)
-        train = np.flatnonzero(fold_of != k)
-        if train.size == 0:
-            train = test
-        scorer = AdversarialScorer().fit_features(f[train], z[train], [labels[i] for i in train],
-                                                  fa[train], za[train], paired=True)
-        s_clean[test] = scorer.score_features(f[test], z[test])
-        s_adv[test] = scorer.score_features(fa[test], za[test])
-    return s_clean, s_adv
+    schemes = [stratified_folds(labels, n, 2, seed=seed)] if n >= 4 else []
+    for fold_of in [*schemes, np.arange(n)]:  # too few images per fold: leave-one-out instead
+        s_clean = np.full(n, np.nan)
+        s_adv = np.full(n, np.nan)
+        try:
+            for k in np.unique(fold_of):
+                test = np.flatnonzero(fold_of == k)
+                train = np.flatnonzero(fold_of != k)  # never the scored images themselves
+                scorer = AdversarialScorer().fit_features(f[train], z[train], [labels[i] for i in train],
+                                                          fa[train], za[train], paired=True)
+                s_clean[test] = scorer.score_features(f[test], z[test])
+                s_adv[test] = scorer.score_features(fa[test], za[test])
+            return s_clean, s_adv
+        except AEVisError as exc:
+            log.info("adversarial scores: %s", exc)
+    log.warning("adversarial scores left empty: %d images are too few to fit a scorer out of fold", n)
+    return np.full(n, np.nan), np.full(n, np.nan)
 
 
 def add_scores(pool: Pool, seed: int | None = None) -> Pool:

@@ -154,3 +154,16 @@ def test_model_without_linear_head_pools_but_cannot_be_scored(small: ImageSet) -
 def test_empty_set_gives_an_empty_pool(resnet20: Any) -> None:
     p = build_pool(resnet20, ImageSet("empty"), ATTACK)
     assert p.items == [] and p.pixels.shape == (0, 32, 32, 3) and p.scored
+
+
+def test_small_sets_are_scored_leave_one_out_or_left_unscored(resnet20: Any, cifar_demo: ImageSet) -> None:
+    """4 images: 2 folds of 2 cannot fit a scorer (it needs 3) -> leave-one-out, still out of fold;
+    3 images: nothing can be fitted out of fold -> the pool is built, its scores are NaN."""
+    from aevis_core.attacks import AttackConfig
+    from aevis_core.pool import build_pool
+
+    cfg = AttackConfig(eps=8 / 255, steps=2)
+    four = build_pool(resnet20, cifar_demo.subset([0, 10, 20, 30]), cfg)
+    assert len(four.items) == 8 and all(np.isfinite(it.score) for it in four.items)
+    three = build_pool(resnet20, cifar_demo.subset([0, 10, 20]), cfg)
+    assert len(three.items) == 6 and all(np.isnan(it.score) for it in three.items)

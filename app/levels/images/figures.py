@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,7 +41,7 @@ def filter_items(pool: Pool, cls: int | None = None, kind: str = "all", correct:
             continue
         out.append(it)
     if sort == "score":
-        out.sort(key=lambda it: -it.score)
+        out.sort(key=lambda it: -it.score if math.isfinite(it.score) else math.inf)
     return out
 
 
@@ -50,6 +51,7 @@ def thumb(pool: Pool, row: int, it: PoolItem, selected: bool) -> html.Div:
     true = names[it.label] if it.label is not None else "?"
     ok = it.label is not None and it.pred == it.label
     badge = "ADV" if it.kind == "adversarial" else "NORMAL"
+    scored = math.isfinite(it.score)
     return html.Div(
         [
             html.Img(src=data_uri(pool.pixels[row]), className="thumb-img"),
@@ -58,8 +60,9 @@ def thumb(pool: Pool, row: int, it: PoolItem, selected: bool) -> html.Div:
             html.Div(f"pred: {names[it.pred]} ({it.prob:.2f})",
                      className="thumb-line " + ("" if it.label is None else "ok" if ok else "wrong"),
                      title=names[it.pred]),
-            html.Div(f"adv. score {it.score:.2f}", className="thumb-line score",
-                     style={"--score": f"{it.score:.3f}"}),
+            html.Div(f"adv. score {it.score:.2f}" if scored else "adv. score —", className="thumb-line score",
+                     style={"--score": f"{it.score if scored else 0:.3f}"},
+                     title="" if scored else "too few images to fit the adversarial score"),
         ],
         id=thumb_id(it.id),
         className="thumb selected" if selected else "thumb",
