@@ -63,5 +63,10 @@ def fired(component_id: str) -> bool:
     """Whether ``component_id`` is among the inputs that triggered this callback (Dash can batch several
     triggers in one call; ``ctx.triggered_id`` names only the first)."""
     from dash import ctx
+    from dash.exceptions import MissingCallbackContextException
 
-    return any(prop.rsplit(".", 1)[0] == str(component_id) for prop in ctx.triggered_prop_ids)
+    try:
+        props = ctx.triggered_prop_ids
+    except MissingCallbackContextException:  # called as a plain function (tests, scripts)
+        return False
+    return any(prop.rsplit(".", 1)[0] == str(component_id) for prop in props)

@@ -59,6 +59,7 @@ class Groups(StrEnum):
     CLEAR = "clear-groups"
     SUMMARY = "analysis-summary"
     HINT = "groups-hint"
+    METHOD = "datapath-method"
 
 
 class Layer(StrEnum):

@@ -274,6 +274,7 @@ class ViewState(Payload):
     color: str | None = None
     k: int | None = None
     pinned: list[str] = field(default_factory=list)
+    method: str | None = None
 
     @classmethod
     def from_json(cls, value: Any) -> ViewState | None:
@@ -292,7 +293,8 @@ class ViewState(Payload):
                    _int(channel, "channel") if channel is not None else None,
                    _str(m["color"], "colour", 40) if m.get("color") else None,
                    _int(m["k"], "k", 1, 64) if m.get("k") is not None else None,
-                   [_str(p, "layer name", 300) for p in pinned])
+                   [_str(p, "layer name", 300) for p in pinned],
+                   _str(m["method"], "method", 40) if m.get("method") else None)
 
 
 def decode_or(default: T, decode: Any, value: Any) -> T | Any:

@@ -182,3 +182,12 @@ def test_each_request_gets_its_own_result_key(tmp_path):
     a = m.build_cache_key(fn, [1, {"g": ["a"]}], [], None)
     b = m.build_cache_key(fn, [1, {"g": ["a"]}], [], None)
     assert a != b and a.rsplit("-", 1)[0] == b.rsplit("-", 1)[0]
+
+
+def test_the_datapath_method_is_part_of_the_analysis(warm):
+    cache_dir, first = warm
+    svc = make_services(cache_dir)
+    other = svc.analyses.run(cat_groups(svc), pool_key(svc), no_report, method="gradxact_topk")
+    assert other.key != first.key
+    assert {dp.config.method for dp in other.datapaths.values()} == {"gradxact_topk"}
+    assert {dp.config.method for dp in first.datapaths.values()} == {"qp"}

@@ -78,7 +78,7 @@ def progress(_value) -> None:
 JOBS = [
     (tasks.prepare_pool, 2),
     (tasks.generate_pool, 6),
-    (tasks.run_analysis, 5),
+    (tasks.run_analysis, 6),
     (tasks.discrepancy, 4),
     (tasks.faithfulness, 3),
 ]
@@ -102,3 +102,11 @@ def test_generate_refuses_a_billion_steps(served):
     services = app.server.extensions["aevis_services"]
     out = tasks.generate_pool(progress, services, 1, "pgd", "8/255", 10**9, None, "demo")
     assert out[0] is no_update and "steps must be a whole number from 1 to 200" in out[1]
+
+
+def test_analyze_refuses_an_unknown_datapath_method(served):
+    app, _ = served
+    services = app.server.extensions["aevis_services"]
+    out = tasks.run_analysis(progress, services, 1, None, {"a": ["x"], "b": ["y"]},
+                             {"set_id": "demo", "pool_key": FAKE_KEY.replace("analysis", "pool")}, "demo", "magic")
+    assert out[0] is no_update and "unknown datapath method 'magic'" in out[1]

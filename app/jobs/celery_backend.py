@@ -99,9 +99,9 @@ class ReportingCeleryManager(PerRequestKeys, CeleryManager):  # type: ignore[mis
     """CeleryManager + failed / lost / timed-out job reporting and per-request result keys."""
 
     def __init__(self, celery_app: Celery, job_timeout: float = 3600.0, heartbeat_s: float = 5.0) -> None:
-        super().__init__(celery_app)
         self.job_timeout = job_timeout
-        self.heartbeat_s = heartbeat_s
+        self.heartbeat_s = heartbeat_s  # before Dash's __init__, which already wraps registered functions
+        super().__init__(celery_app)
 
     @property
     def _kv(self) -> Any:

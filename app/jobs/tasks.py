@@ -95,8 +95,9 @@ def generate_pool(set_progress: SetProgress, services: Services, _n: Any, method
 
 
 def run_analysis(set_progress: SetProgress, services: Services, _n: Any, url_view: Any, groups: Any,
-                 pool_result: Any, set_id: Any) -> tuple[Any, Any]:
-    """Analyze the groups (or the groups of a shared URL, once its images are ready)."""
+                 pool_result: Any, set_id: Any, method: Any = "qp") -> tuple[Any, Any]:
+    """Analyze the groups with the chosen datapath method (or the groups and method of a shared URL,
+    once its images are ready)."""
     try:
         pool = PoolResult.from_json(pool_result)
         if pool is None or pool.set_id != set_id_or_demo(set_id):
@@ -106,9 +107,10 @@ def run_analysis(set_progress: SetProgress, services: Services, _n: Any, url_vie
             if view is None or not view.groups:
                 return no_update, no_update
             chosen = view.groups
+            method = view.method or "qp"
         else:
             chosen = check_groups(groups, services.config.max_analysis_images)
-        result = services.analyses.run(chosen, pool.pool_key, reporter(set_progress), services.job_model())
+        result = services.analyses.run(chosen, pool.pool_key, reporter(set_progress), services.job_model(), method)
         return AnalysisResult(result.key, pool.pool_key, result.groups).to_json(), ""
     except Exception as exc:  # noqa: BLE001 - one line in the UI; the previous result stays
         return no_update, _fail(exc)
@@ -174,7 +176,7 @@ def register(app: Dash, services: Services) -> None:
     an = JobIds(Job.ANALYZE)
     app.callback(Output(Shell.ANALYSIS_RESULT, "data"), Output(an.error, "children"),
                  Input(an.button, "n_clicks"), Input(Shell.URL_VIEW, "data"), State(Groups.GROUPS, "data"),
-                 State(Shell.POOL_RESULT, "data"), State(Images.IMAGE_SET, "value"),
+                 State(Shell.POOL_RESULT, "data"), State(Images.IMAGE_SET, "value"), State(Groups.METHOD, "value"),
                  **job_options(Job.ANALYZE, 2, 1), prevent_initial_call=True)(bind(run_analysis))
     disc = JobIds(Job.DISCREPANCY)
     app.callback(Output(Neuron.DISC_RESULT, "data"), Output(disc.error, "children"),

@@ -15,7 +15,7 @@ import numpy as np
 
 from aevis_core.analysis import Analysis, analyze, validate_groups
 from aevis_core.cache import content_key
-from aevis_core.datapath.extract import datapath_to_dict
+from aevis_core.datapath.extract import ExtractConfig, datapath_to_dict
 from aevis_core.errors import AEVisError
 from aevis_core.layout.treecut import datapath_doi
 from aevis_core.neuron import activation_maps, dim_unimportant, discrepancy_map, top_activating, top_patches
@@ -31,6 +31,8 @@ PER_GROUP = 6          # heat maps per group (the grid shows at most this many p
 TOP_PATCHES = 6
 DISCREPANCY_IMAGES = 3
 STRIDES = range(1, 17)
+# datapath methods a user can pick (ExtractConfig.method): the held-out default, the learned gates, a baseline
+METHOD_LABELS = {"qp": "QP (default)", "gates": "learned gates", "gradxact_topk": "grad×act top-k"}
 
 
 def item_label(pool: Pool, item_id: str) -> str:
@@ -64,12 +66,16 @@ class AnalysisService:
         return a
 
     def run(self, groups: dict[str, list[str]], pool_key: str | None, report: Report,
-            job_model: ModelService | None = None) -> Analysis:
-        """Analyze ``groups`` of the pool (cached by content; one computation per key across processes)."""
+            job_model: ModelService | None = None, method: str = "qp") -> Analysis:
+        """Analyze ``groups`` of the pool with the datapath ``method`` (cached by content; one
+        computation per key across processes)."""
+        if method not in METHOD_LABELS:
+            raise AEVisError(f"unknown datapath method {str(method)[:40]!r}: use one of {', '.join(METHOD_LABELS)}")
         pool = self.pools.require(pool_key)
         validate_groups(pool, groups, self.config.max_analysis_images)
         worker = job_model or self.model
-        result = analyze(worker.entry, lambda: worker.graph, pool, groups, cache=self.store.cache, progress=report)
+        result = analyze(worker.entry, lambda: worker.graph, pool, groups, config=ExtractConfig(method=method),
+                         cache=self.store.cache, progress=report)
         if not self.store.has(result.key):
             raise CacheFullError(self.store.write_message())
         return result

@@ -97,7 +97,7 @@ def url_applied(href: Any, applied: Any) -> bool:
 
 
 def write_url(services: Services, ctx_value: Any, layer: Any, fmap: Any, stat: Any, color: Any, k: Any,
-              pinned: Any, href: Any, applied: Any) -> str:
+              pinned: Any, method: Any, href: Any, applied: Any) -> str:
     """The whole view state as ``?view=...`` (groups, set, statistic, layer, map, colour, k, pins);
     not before a shared view in the URL has been read."""
     if not url_applied(href, applied):
@@ -109,7 +109,7 @@ def write_url(services: Services, ctx_value: Any, layer: Any, fmap: Any, stat: A
     view = ViewState(cx.set_id, cx.groups, stat if isinstance(stat, str) else None,
                      lf.layer if lf else None, mf.channel if mf and lf and mf.layer == lf.layer else None,
                      color if isinstance(color, str) else None, k if isinstance(k, int) else None,
-                     [p for p in pins if isinstance(p, str)])
+                     [p for p in pins if isinstance(p, str)], method if isinstance(method, str) else None)
     return "?view=" + urllib.parse.quote(json.dumps(view.to_json(), separators=(",", ":")))
 
 
@@ -137,7 +137,8 @@ def register(app: Dash, services: Services) -> None:
     app.callback(Output(Shell.URL, "search"),
                  Input(Shell.CONTEXT, "data"), Input(Layer.FOCUS, "data"), Input(Neuron.FOCUS, "data"),
                  Input(Layer.STAT, "value"), Input(Fmap.COLOR, "value"), Input(Fmap.K, "value"),
-                 Input(Fmap.PINNED, "data"), State(Shell.URL, "href"), State(Shell.URL_VIEW, "data"),
+                 Input(Fmap.PINNED, "data"), Input(Groups.METHOD, "value"), State(Shell.URL, "href"),
+                 State(Shell.URL_VIEW, "data"),
                  prevent_initial_call=True)(
         bound(services, write_url, lambda m: no_update))
     app.callback(Output(Shell.DOWNLOAD, "data"), Input(Shell.EXPORT_JSON, "n_clicks"), State(Shell.CONTEXT, "data"),

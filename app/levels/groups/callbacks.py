@@ -15,6 +15,7 @@ from app.levels.groups.presets import compare_with_predicted, presets
 from app.levels.images.callbacks import current_pool
 from app.payloads import MAX_GROUPS, MAX_NAME, AnalysisContext, ViewState, check_groups
 from app.services import Services
+from app.services.analyses import METHOD_LABELS
 
 
 def add_group(groups: dict[str, list[str]], name: Any, ids: list[str]) -> tuple[dict[str, list[str]], str]:
@@ -82,6 +83,14 @@ def edit_groups(services: Services, _add: Any, preset: Any, _cmp: Any, _clear: A
     raise PreventUpdate
 
 
+def restore_method(services: Services, url_view: Any) -> Any:
+    """The datapath method of a shared URL."""
+    view = ViewState.from_json(url_view) if isinstance(url_view, dict) and "groups" in url_view else None
+    if view is None or view.method not in METHOD_LABELS:
+        raise PreventUpdate
+    return view.method
+
+
 def render_groups(services: Services, groups: Any) -> Any:
     """The group list (or how to make groups)."""
     return fig.groups_view(check_groups(groups)) or html.Div(
@@ -112,6 +121,8 @@ def register(app: Dash, services: Services) -> None:
                  State(Groups.NAME, "value"), State(Images.SELECTION, "data"), State(Groups.GROUPS, "data"),
                  State(Images.IMAGE_SET, "value"), prevent_initial_call=True)(
         bound(services, edit_groups, lambda m: (no_update, m)))
+    app.callback(Output(Groups.METHOD, "value"), Input(Shell.URL_VIEW, "data"), prevent_initial_call=True)(
+        bound(services, restore_method, lambda m: no_update))
     app.callback(Output(Groups.VIEW, "children"), Input(Groups.GROUPS, "data"))(
         bound(services, render_groups, lambda m: html.Div(m, className="error")))
     app.callback(Output(Groups.PRESET, "options"), Input(Shell.POOL_RESULT, "data"), Input(Images.IMAGE_SET, "value"))(

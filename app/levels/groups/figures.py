@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dash import html
 
 from aevis_core.analysis import Analysis
+from aevis_core.faithfulness import describe
 from app.ids import remove_group_id
 
 
@@ -20,6 +21,7 @@ def groups_view(groups: Mapping[str, Sequence[str]]) -> list[html.Div]:
 def summary(a: Analysis) -> list[html.Div]:
     """Groups, diverging point (with its control), per analysis."""
     lines = [html.Div(f"{name}: {len(ids)} images") for name, ids in a.groups.items()]
+    lines.append(html.Div(f"datapath: {describe(next(iter(a.datapaths.values())).config)}", className="hint"))
     d = a.divergence
     if d is not None:
         lines.append(html.Div(f"diverging point: {d.layer or 'none found'}", className="diverging"))

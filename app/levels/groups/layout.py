@@ -6,6 +6,7 @@ from dash import dcc, html
 
 from app.ids import Groups, Job, JobIds
 from app.jobs.widgets import cancel_button, error_line, progress_box
+from app.services.analyses import METHOD_LABELS
 
 
 def layout() -> html.Div:
@@ -23,6 +24,11 @@ def layout() -> html.Div:
         html.Div(id=Groups.HINT, className="hint"),
         html.Div(id=Groups.VIEW, className="groups"),
         html.Button("Clear groups", id=Groups.CLEAR, n_clicks=0),
+        html.Div([
+            html.Label("datapath"),
+            dcc.RadioItems(id=Groups.METHOD, value="qp", inline=True,
+                           options=[{"label": label, "value": value} for value, label in METHOD_LABELS.items()]),
+        ], className="method"),
         html.Div([
             html.Button("Analyze", id=JobIds(Job.ANALYZE).button, n_clicks=0, className="primary"),
             cancel_button(Job.ANALYZE),
