@@ -65,7 +65,10 @@ def find_pair(pool: Pool, groups: Mapping[str, Sequence[str]]) -> tuple[str, str
     return best
 
 
-def validate_groups(pool: Pool, groups: Mapping[str, Sequence[str]], max_images: int = 400) -> None:
+MAX_IMAGES = 400  # images in the groups of one analysis, by default
+
+
+def validate_groups(pool: Pool, groups: Mapping[str, Sequence[str]], max_images: int = MAX_IMAGES) -> None:
     """Raise :class:`AEVisError` unless there are 2-4 non-empty groups of known pool images."""
     if not 2 <= len(groups) <= 4:
         raise AEVisError(f"choose 2 to 4 groups to compare (got {len(groups)})")
@@ -111,13 +114,14 @@ def analyze(entry: ModelEntry, graph: LayerGraph | Callable[[], LayerGraph], poo
             groups: Mapping[str, Sequence[str]],
             config: ExtractConfig | None = None, cache: ResultCache | None = None,
             progress: Progress | None = None, eps: float | None = None,
-            control: ControlConfig | None = None) -> Analysis:
+            control: ControlConfig | None = None, max_images: int = MAX_IMAGES) -> Analysis:
     """Run (or load) the analysis of ``groups`` (name -> pool item ids); ``graph`` may be a callable
     that builds the layer graph, so a cached analysis never builds it. ``control``: the noise
-    control and rule of the diverging point (default: shuffled perturbation, R = 39, α = 0.05)."""
+    control and rule of the diverging point (default: shuffled perturbation, R = 39, α = 0.05).
+    ``max_images``: the most images the groups may hold together."""
     cfg = config or ExtractConfig()
     ctl = (control or ControlConfig()).validate()
-    validate_groups(pool, groups)
+    validate_groups(pool, groups, max_images)
     key = analysis_key(entry, pool, groups, cfg, eps, ctl)
     if cache is None:
         return _compute_analysis(key, entry, _graph(graph), pool, groups, cfg, None, progress, eps, ctl)

@@ -191,3 +191,13 @@ def test_the_datapath_method_is_part_of_the_analysis(warm):
     assert other.key != first.key
     assert {dp.config.method for dp in other.datapaths.values()} == {"gradxact_topk"}
     assert {dp.config.method for dp in first.datapaths.values()} == {"qp"}
+
+
+def test_the_configured_group_size_limit_is_the_one_checked(warm):
+    from app.services import Services
+
+    cache_dir, _ = warm
+    svc = Services.create(AppConfig(model="cifar-resnet20", cache_dir=cache_dir, max_images=20,
+                                    max_analysis_images=5))
+    with pytest.raises(AEVisError, match="the limit per analysis is 5"):
+        svc.analyses.run(cat_groups(svc), pool_key(svc), no_report)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from aevis_core.analysis import Analysis, analyze, validate_groups
+from aevis_core.analysis import Analysis, analyze
 from aevis_core.cache import content_key
 from aevis_core.datapath.extract import ExtractConfig, datapath_to_dict
 from aevis_core.errors import AEVisError
@@ -72,10 +72,9 @@ class AnalysisService:
         if method not in METHOD_LABELS:
             raise AEVisError(f"unknown datapath method {str(method)[:40]!r}: use one of {', '.join(METHOD_LABELS)}")
         pool = self.pools.require(pool_key)
-        validate_groups(pool, groups, self.config.max_analysis_images)
         worker = job_model or self.model
         result = analyze(worker.entry, lambda: worker.graph, pool, groups, config=ExtractConfig(method=method),
-                         cache=self.store.cache, progress=report)
+                         cache=self.store.cache, progress=report, max_images=self.config.max_analysis_images)
         if not self.store.has(result.key):
             raise CacheFullError(self.store.write_message())
         return result
