@@ -154,3 +154,21 @@ def test_layer_labels_are_the_shortest_unique_suffixes():
     assert names == {"layer1.2.bn1": "layer1.2.bn1", "layer3.2.bn1": "layer3.2.bn1", "layer3.1.bn1": "1.bn1",
                      "conv1": "conv1", "layer1": "layer1", "fc": "fc"}
     assert len(set(names.values())) == len(names)
+
+
+def test_treemap_clusters_clickable_over_their_area_legend_and_empty_state(setup):
+    _, _, _, a = setup
+    layer = "layer3.0.relu2"
+    rects = fv.treemap_rects(a, layer, 3, "importance")
+    fig = fv.figure(layer, rects, "activation", "t", fv.color_label("activation", a))
+    sizes = list(fig.data[0].marker.size)
+    assert fig.data[0].marker.symbol == "square" and max(sizes) > 60  # a big cluster: a big click target
+    assert fig.data[1].marker.colorbar.title.text.startswith("mean activation<br>(")
+    assert fv.color_label("difference", a) == f"activation difference ({a.pair[0]} − {a.pair[1]})"
+    assert fv.empty_reason(a, layer) is None
+    import copy
+
+    b = copy.deepcopy(a)
+    for dp in b.datapaths.values():
+        dp.layers[layer].critical = []
+    assert fv.empty_reason(b, layer).startswith(f"No critical maps in {layer} for {' or '.join(b.datapaths)}")

@@ -62,12 +62,16 @@ def treemap(services: Services, focus: Any, k: Any, color: Any, pinned: Any, ctx
     mode = color if color in COLORS else "importance"
     pins = pinned_layers(pinned, cx.analysis_key)
     layers = [p for p in pins if p != layer and p in a.stats.layers][-(MAX_PANELS - 1):] + [layer]
+    title = f"Feature-map level · {layer} · {cx.title}"
+    reason = fig.empty_reason(a, layer)
+    if reason is not None and len(layers) == 1:
+        return empty_figure(reason), title
     panels = [(lay, fig.treemap_rects(a, lay, kk, mode)) for lay in layers]
     names = " / ".join(a.datapaths)
-    title = f"Feature-map level · {layer} · {cx.title}"
+    legend = fig.color_label(mode, a)
     if len(panels) == 1:
-        return fig.figure(layer, panels[0][1], mode, f"{layer}: datapaths of {names}"), title
-    return fig.panels_figure(panels, mode, f"datapaths of {names}, side by side"), title
+        return fig.figure(layer, panels[0][1], mode, f"{layer}: datapaths of {names} · colour: {legend}", legend), title
+    return fig.panels_figure(panels, mode, f"datapaths of {names}, side by side · colour: {legend}", legend), title
 
 
 def curves(services: Services, result: Any, ctx_value: Any, focus: Any) -> tuple[Any, Any]:

@@ -19,6 +19,16 @@ from aevis_core.layout.euler import map_features
 from aevis_core.layout.treemap import Rect, layer_treemap
 
 SCALES = {"importance": "Blues", "activation": "Greens", "difference": "RdBu"}
+PLOT_W, PLOT_H = 900.0, 360.0  # approximate plot area in px (marker sizes that cover a cluster)
+
+
+def color_label(color: str, a: Analysis) -> str:
+    """What a colour mode shows, for the colour bar and the title (names the groups it uses)."""
+    names = list(a.datapaths)
+    first, second = a.pair if a.pair else (names[0], names[1] if len(names) > 1 else names[0])
+    return {"importance": "importance z (mean over groups)",
+            "activation": f"mean activation ({names[0]})",
+            "difference": f"activation difference ({first} − {second})"}.get(color, color)
 
 
 def map_values(a: Analysis, layer: str, color: str) -> np.ndarray:
@@ -48,12 +58,21 @@ def _color(v: float, lo: float, hi: float, scale: str) -> str:
     return sample_colorscale(scale, [min(1.0, max(0.0, t))])[0]
 
 
-def figure(layer: str, rects: Sequence[Rect], color: str, title: str) -> go.Figure:
+def figure(layer: str, rects: Sequence[Rect], color: str, title: str, legend: str | None = None) -> go.Figure:
     """One layer's treemap (see :func:`panels_figure`)."""
-    return panels_figure([(layer, list(rects))], color, title)
+    return panels_figure([(layer, list(rects))], color, title, legend)
 
 
-def panels_figure(panels: Sequence[tuple[str, Sequence[Rect]]], color: str, title: str) -> go.Figure:
+def empty_reason(a: Analysis, layer: str) -> str | None:
+    """Why a layer's treemap is empty (no group has a critical map there), else None."""
+    if any(dp.layers[layer].critical for dp in a.datapaths.values()):
+        return None
+    return (f"No critical maps in {layer} for {' or '.join(a.datapaths)}:<br>no feature map of this layer "
+            "carries the prediction of these groups.<br>Pick another layer (the diverging point is marked in orange).")
+
+
+def panels_figure(panels: Sequence[tuple[str, Sequence[Rect]]], color: str, title: str,
+                  legend: str | None = None) -> go.Figure:
     """Treemaps of several layers side by side (panel i spans x in [i, i+1]), one shared colour scale.
 
     Rectangles are shapes; one invisible marker per cluster carries hover text and the click
@@ -66,7 +85,8 @@ def panels_figure(panels: Sequence[tuple[str, Sequence[Rect]]], color: str, titl
         lo, hi = -m, m
     scale = SCALES.get(color, "Blues")
     fig = go.Figure()
-    xs, ys, text, custom = [], [], [], []
+    xs, ys, text, custom, sizes = [], [], [], [], []
+    n_panels = max(1, len(panels))
     for i, (layer, rects) in enumerate(panels):
         if len(panels) > 1:
             fig.add_annotation(x=i + 0.5, y=1.0, text=f"<b>{layer}</b>", showarrow=False, yanchor="bottom",
@@ -85,6 +105,8 @@ def panels_figure(panels: Sequence[tuple[str, Sequence[Rect]]], color: str, titl
             elif r.kind == "cluster":
                 xs.append((x0 + x1) / 2)
                 ys.append((r.y0 + r.y1) / 2)
+                # a square marker as large as the cluster's rectangle: the whole cluster is clickable
+                sizes.append(max(14.0, 0.95 * min((x1 - x0) / n_panels * PLOT_W, (r.y1 - r.y0) / 1.06 * PLOT_H)))
                 maps = ", ".join(f"#{m}" for m in r.maps[:24]) + (" …" if len(r.maps) > 24 else "")
                 where = f"{layer}: " if len(panels) > 1 else ""
                 text.append(f"{where}{r.region_label}, cluster {r.cluster_index}<br>{len(r.maps)} maps: {maps}"
@@ -92,11 +114,12 @@ def panels_figure(panels: Sequence[tuple[str, Sequence[Rect]]], color: str, titl
                 custom.append({"layer": layer, "channel": int(r.maps[0]), "size": len(r.maps),
                                "region": r.region_label})
     fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", marker={
-        "size": 14, "opacity": 0.01, "color": [0] * len(xs)}, hovertext=text, hoverinfo="text", customdata=custom,
-        showlegend=False))
+        "size": sizes, "symbol": "square", "opacity": 0.01, "color": [0] * len(xs)}, hovertext=text,
+        hoverinfo="text", customdata=custom, showlegend=False))
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, marker={
         "colorscale": scale, "cmin": lo, "cmax": hi, "color": [lo], "showscale": True,
-        "colorbar": {"title": {"text": color}, "thickness": 10}}))
+        "colorbar": {"title": {"text": (legend or color).replace(" (", "<br>("), "side": "right"},
+                     "thickness": 10}}))
     n = max(1, len(panels))
     fig.update_layout(title={"text": title, "font": {"size": 13}}, margin={"l": 8, "r": 8, "t": 48, "b": 8},
                       xaxis={"visible": False, "range": [0, n]}, yaxis={"visible": False, "range": [0, 1.06]},
