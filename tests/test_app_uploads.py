@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from aevis_core.errors import AEVisError
-from app.services import uploads
 from app.config import AppConfig
+from app.services import uploads
 
 
 def data_uri(raw: bytes, mime: str = "image/png") -> str:

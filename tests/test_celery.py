@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from app.jobs.celery_backend import LOST, NO_WORKER
 from app.config import AppConfig
 from app.dash_client import DashClient
+from app.jobs.celery_backend import LOST, NO_WORKER
 from tests.services import POOL, Worker, redis_server, run_demo, serve, worker_env
 
 pytestmark = pytest.mark.slow
