@@ -20,6 +20,7 @@ from app.ids import Fmap, Groups, Images, Job, JobIds, Layer, Neuron, Shell
 from app.jobs.messages import user_message
 from app.jobs.widgets import SetProgress, job_options, reporter
 from app.payloads import (
+    AnalysisContext,
     AnalysisResult,
     LayerFocus,
     MapFocus,
@@ -116,17 +117,22 @@ def run_analysis(set_progress: SetProgress, services: Services, _n: Any, url_vie
         return no_update, _fail(exc)
 
 
+def focused(services: Services, context: Any, focus: Any, kind: type[Any], hint: str) -> tuple[Any, Any, Any]:
+    """(context, focus, analysis) when the focus (``kind``: LayerFocus or MapFocus) belongs to the
+    page's analysis, else a one-line error ``hint``."""
+    cx = AnalysisContext.from_json(context)
+    f = kind.from_json(focus)
+    if f is None or cx.analysis_key is None or f.analysis_key != cx.analysis_key:
+        raise AEVisError(hint)
+    return cx, f, services.analyses.require(cx.analysis_key)
+
+
 def discrepancy(set_progress: SetProgress, services: Services, _n: Any, focus: Any, context: Any,
                 stride: Any) -> tuple[Any, Any]:
     """Discrepancy maps of the selected feature map (cached per analysis, layer, map and stride)."""
-    from app.payloads import AnalysisContext
-
     try:
-        cx = AnalysisContext.from_json(context)
-        f = MapFocus.from_json(focus)
-        if f is None or cx.analysis_key is None or f.analysis_key != cx.analysis_key:
-            raise AEVisError("pick a feature map first (click a cluster in the treemap)")
-        a = services.analyses.require(cx.analysis_key)
+        cx, f, a = focused(services, context, focus, MapFocus,
+                           "pick a feature map first (click a cluster in the treemap)")
         key = services.analyses.discrepancy(a, cx.pool_key, f.layer, f.channel, stride, reporter(set_progress),
                                             services.job_model())
         return ViewResult(a.key, f.layer, key, f.channel).to_json(), ""
@@ -136,14 +142,8 @@ def discrepancy(set_progress: SetProgress, services: Services, _n: Any, focus: A
 
 def faithfulness(set_progress: SetProgress, services: Services, _n: Any, focus: Any, context: Any) -> tuple[Any, Any]:
     """Faithfulness table of the selected layer (cached per analysis and layer)."""
-    from app.payloads import AnalysisContext
-
     try:
-        cx = AnalysisContext.from_json(context)
-        f = LayerFocus.from_json(focus)
-        if f is None or cx.analysis_key is None or f.analysis_key != cx.analysis_key:
-            raise AEVisError("Analyze groups and pick a layer first")
-        a = services.analyses.require(cx.analysis_key)
+        cx, f, a = focused(services, context, focus, LayerFocus, "Analyze groups and pick a layer first")
         key = services.analyses.faithfulness(a, cx.pool_key, f.layer, reporter(set_progress), services.job_model())
         return ViewResult(a.key, f.layer, key).to_json(), ""
     except Exception as exc:  # noqa: BLE001 - one line in the UI
