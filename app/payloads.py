@@ -277,6 +277,12 @@ class ViewState(Payload):
     method: str | None = None
 
     @classmethod
+    def applied(cls, value: Any) -> ViewState | None:
+        """The shared view the URL-view store holds once it has been read (None while it is absent,
+        pending or abandoned; those markers carry no groups)."""
+        return cls.from_json(value) if isinstance(value, Mapping) and "groups" in value else None
+
+    @classmethod
     def from_json(cls, value: Any) -> ViewState | None:
         """Decode (None when absent); unknown keys are ignored."""
         m = _mapping(value, "view")

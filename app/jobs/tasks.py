@@ -104,7 +104,7 @@ def run_analysis(set_progress: SetProgress, services: Services, _n: Any, url_vie
         if pool is None or pool.set_id != set_id_or_demo(set_id):
             raise AEVisError("the images are still being prepared; Analyze when the thumbnails are shown")
         if fired(Shell.URL_VIEW) and not fired(JobIds(Job.ANALYZE).button):
-            view = ViewState.from_json(url_view)
+            view = ViewState.applied(url_view)
             if view is None or not view.groups:
                 return no_update, no_update
             chosen = view.groups

@@ -39,7 +39,7 @@ def pin(services: Services, _pin: Any, _unpin: Any, ctx_value: Any, url_view: An
     if ctx.triggered_id == Shell.CONTEXT:
         if isinstance(pinned, dict) and pinned.get("analysis_key") == cx.analysis_key:
             raise PreventUpdate
-        view = ViewState.from_json(url_view) if isinstance(url_view, dict) and "groups" in url_view else None
+        view = ViewState.applied(url_view)
         if view is not None and view.pinned and view.groups == cx.groups:
             return {"analysis_key": cx.analysis_key, "layers": view.pinned}
         return None
@@ -92,7 +92,7 @@ def curves(services: Services, result: Any, ctx_value: Any, focus: Any) -> tuple
 
 def restore_view(services: Services, url_view: Any) -> tuple[Any, Any]:
     """Colour mode and k of a shared URL."""
-    view = ViewState.from_json(url_view) if isinstance(url_view, dict) and "groups" in url_view else None
+    view = ViewState.applied(url_view)
     if view is None:
         raise PreventUpdate
     color = view.color if view.color in COLORS else no_update

@@ -46,7 +46,7 @@ def edit_groups(services: Services, _add: Any, preset: Any, _cmp: Any, _clear: A
     current = check_groups(groups)
     pool = current_pool(services, pool_result, set_id)
     if fired(Shell.URL_VIEW):  # before the pool: both fire together when a shared URL's images are ready
-        view = ViewState.from_json(url_view) if isinstance(url_view, dict) and "groups" in url_view else None
+        view = ViewState.applied(url_view)
         if view is not None and view.groups and pool is not None:
             return keep_known(pool, view.groups), ""
     if trig == Groups.CLEAR:
@@ -85,7 +85,7 @@ def edit_groups(services: Services, _add: Any, preset: Any, _cmp: Any, _clear: A
 
 def restore_method(services: Services, url_view: Any) -> Any:
     """The datapath method of a shared URL."""
-    view = ViewState.from_json(url_view) if isinstance(url_view, dict) and "groups" in url_view else None
+    view = ViewState.applied(url_view)
     if view is None or view.method not in METHOD_LABELS:
         raise PreventUpdate
     return view.method

@@ -40,7 +40,7 @@ def parent_group(root: GroupNode, layer: str) -> str | None:
 def start_layer(services: Services, a: Analysis, url_view: Any, cx: AnalysisContext) -> str:
     """The layer a new analysis opens at: the shared URL's (for the analysis it describes), else the
     diverging point, else the layer whose datapaths differ most."""
-    view = ViewState.from_json(url_view) if isinstance(url_view, dict) and "groups" in url_view else None
+    view = ViewState.applied(url_view)
     if view is not None and view.layer in a.stats.layers and view.groups == cx.groups:
         return str(view.layer)
     return services.analyses.initial_layer(a)
@@ -112,7 +112,7 @@ def refit(services: Services, _n: Any, _els: Any) -> dict[str, Any]:
 
 def restore_stat(services: Services, url_view: Any) -> Any:
     """The statistic of a shared URL."""
-    view = ViewState.from_json(url_view) if isinstance(url_view, dict) and "groups" in url_view else None
+    view = ViewState.applied(url_view)
     if view is None or view.stat not in STATS:
         raise PreventUpdate
     return view.stat

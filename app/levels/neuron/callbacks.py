@@ -36,7 +36,7 @@ def pick_map(services: Services, click: Any, ctx_value: Any, url_view: Any, focu
         current = MapFocus.from_json(focus)
         if current is not None and current.analysis_key == a.key:
             raise PreventUpdate
-        view = ViewState.from_json(url_view) if isinstance(url_view, dict) and "groups" in url_view else None
+        view = ViewState.applied(url_view)
         if view is None or view.channel is None or view.groups != cx.groups or view.layer not in a.stats.layers:
             return None
         layer, channel = services.analyses.check_map(a, view.layer, view.channel)
