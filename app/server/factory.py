@@ -27,7 +27,7 @@ from app.levels.groups import callbacks as groups_callbacks
 from app.levels.images import callbacks as images_callbacks
 from app.levels.layer import callbacks as layer_callbacks
 from app.levels.neuron import callbacks as neuron_callbacks
-from app.server import security
+from app.server import security, thumbnails
 from app.services import Services, preparation
 from app.services.model import configured_eps
 from app.shell import callbacks as shell_callbacks
@@ -83,6 +83,7 @@ def create_app(config: AppConfig | None = None) -> Dash:
     for room in (shell_callbacks, images_callbacks, groups_callbacks, layer_callbacks, fmap_callbacks,
                  neuron_callbacks, tasks):
         room.register(app, services)
+    thumbnails.install(app, services)
     security.install(app, cfg)
     app.server.config["AEVIS_CONFIG"] = cfg
     app.server.extensions["aevis_manager"] = manager

@@ -25,6 +25,7 @@ from app.services.store import ResultStore
 
 log = logging.getLogger(__name__)
 Report = Callable[[int, int, str], None]
+POOL_KIND = "pool/v1"  # kind part of every pool's content key
 
 
 class PoolService:
@@ -66,7 +67,7 @@ class PoolService:
             if memo in self._keys:
                 return self._keys[memo]
         x = self.model.entry.preprocess_many(self.image_set(set_id).images)
-        key = content_key("pool/v1", self.model.entry.model_id, x, cfg.to_dict(), source)
+        key = content_key(POOL_KIND, self.model.entry.model_id, x, cfg.to_dict(), source)
         with self._lock:
             self._keys[memo] = key
         return key

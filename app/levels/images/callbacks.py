@@ -65,7 +65,8 @@ def render_list(services: Services, pool_result: Any, set_id: Any, cls: Any, kin
                 selection: Any) -> Any:
     """Thumbnails of the pool passing the filters (out-of-range filter values read as "all")."""
     pool = current_pool(services, pool_result, set_id)
-    if pool is None:
+    pr = PoolResult.from_json(pool_result)
+    if pool is None or pr is None:
         return html.Div("Preparing the images (attack, predictions, scores)…", className="hint")
     cls = cls if isinstance(cls, int) and not isinstance(cls, bool) else None
     kind = kind if kind in FILTER_KINDS else "all"
@@ -73,7 +74,8 @@ def render_list(services: Services, pool_result: Any, set_id: Any, cls: Any, kin
     sorted_ = isinstance(sort, list) and "score" in sort
     items = fig.filter_items(pool, cls, kind, correct, "score" if sorted_ else "none")
     sel = [s for s in selection if isinstance(s, str)] if isinstance(selection, list) else []
-    return fig.image_list(pool, items, sel) or html.Div("No image passes these filters.", className="hint")
+    return fig.image_list(pool, pr.pool_key, items, sel) or html.Div("No image passes these filters.",
+                                                                       className="hint")
 
 
 def toggle(services: Services, _clicks: Any, _clear: Any, _pool: Any, selection: Any) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import math
 from collections.abc import Sequence
@@ -15,16 +14,23 @@ from PIL import Image
 from aevis_core.pool import Pool, PoolItem
 from app.ids import thumb_id
 
+THUMB_ROUTE = "/_aevis/pool"  # + /<pool key digest>/<row>.png, served by app.server.thumbnails
 
-def data_uri(pixels: np.ndarray, size: int = 64) -> str:
-    """(H, W, 3) uint8 -> PNG data URI, resized to ``size`` px (nearest for tiny images)."""
+
+def thumbnail_png(pixels: np.ndarray, size: int = 64) -> bytes:
+    """(H, W, 3) uint8 -> PNG bytes, resized to ``size`` px (nearest for tiny images)."""
     img = Image.fromarray(pixels)
     if img.size[0] != size:
         method = Image.Resampling.NEAREST if img.size[0] < size else Image.Resampling.BILINEAR
         img = img.resize((size, size), method)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
+
+
+def thumbnail_src(pool_key: str, row: int) -> str:
+    """Content-addressed URL of a pool image's thumbnail (immutable: the key hashes the pixels)."""
+    return f"{THUMB_ROUTE}/{pool_key.split(':', 1)[1]}/{row}.png"
 
 
 def filter_items(pool: Pool, cls: int | None = None, kind: str = "all", correct: str = "all",
@@ -45,7 +51,7 @@ def filter_items(pool: Pool, cls: int | None = None, kind: str = "all", correct:
     return out
 
 
-def thumb(pool: Pool, row: int, it: PoolItem, selected: bool) -> html.Div:
+def thumb(pool: Pool, pool_key: str, row: int, it: PoolItem, selected: bool) -> html.Div:
     """One clickable thumbnail card."""
     names = pool.class_names
     true = names[it.label] if it.label is not None else "?"
@@ -54,7 +60,7 @@ def thumb(pool: Pool, row: int, it: PoolItem, selected: bool) -> html.Div:
     scored = math.isfinite(it.score)
     return html.Div(
         [
-            html.Img(src=data_uri(pool.pixels[row]), className="thumb-img"),
+            html.Img(src=thumbnail_src(pool_key, row), className="thumb-img", alt=it.id),
             html.Div(badge, className=f"badge badge-{it.kind}"),
             html.Div(f"true: {true}", className="thumb-line", title=true),
             html.Div(f"pred: {names[it.pred]} ({it.prob:.2f})",
@@ -71,11 +77,11 @@ def thumb(pool: Pool, row: int, it: PoolItem, selected: bool) -> html.Div:
     )
 
 
-def image_list(pool: Pool, items: Sequence[PoolItem], selection: Sequence[str]) -> list[html.Div]:
-    """Thumbnail cards of ``items``."""
+def image_list(pool: Pool, pool_key: str, items: Sequence[PoolItem], selection: Sequence[str]) -> list[html.Div]:
+    """Thumbnail cards of ``items`` (images by URL, not inline: a list render is a few KB)."""
     idx = pool.index()
     sel = set(selection)
-    return [thumb(pool, idx[it.id], it, it.id in sel) for it in items]
+    return [thumb(pool, pool_key, idx[it.id], it, it.id in sel) for it in items]
 
 
 def class_options(pool: Pool) -> list[dict[str, Any]]:
