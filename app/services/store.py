@@ -29,6 +29,8 @@ class CacheFullError(AEVisError):
 class ResultStore:
     """Results by content key: disk cache shared by every process, memo of recent values in this one."""
 
+    MEMO_KINDS = ("pool/", "analysis/")  # large and read by every view request; view data is read from disk
+
     def __init__(self, directory: Path, memo_items: int = 16) -> None:
         self.directory = directory
         self.cache = ResultCache(directory)
@@ -37,6 +39,8 @@ class ResultStore:
         self._max = memo_items
 
     def _remember(self, key: str, value: Any) -> None:
+        if not key.startswith(self.MEMO_KINDS):  # many small view results must not evict an analysis
+            return
         with self._lock:
             self._memo[key] = value
             self._memo.move_to_end(key)
