@@ -41,6 +41,14 @@ def _opt_key(value: Any, what: str) -> str | None:
     return value
 
 
+def _key(value: Any, what: str) -> str:
+    """A required result key, or PayloadError."""
+    key = _opt_key(value, what)
+    if key is None:
+        raise PayloadError(f"{what} missing")
+    return key
+
+
 def _int(value: Any, what: str, lo: int = 0, hi: int = 1 << 20) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise PayloadError(f"{what} must be an integer in [{lo}, {hi}]")
@@ -107,10 +115,7 @@ class PoolResult(Payload):
         m = _mapping(value, "pool result")
         if m is None:
             return None
-        key = _opt_key(m.get("pool_key"), "pool key")
-        if key is None:
-            raise PayloadError("pool result without key")
-        return cls(check_set_id(m.get("set_id")), key)
+        return cls(check_set_id(m.get("set_id")), _key(m.get("pool_key"), "pool key"))
 
 
 @dataclass(frozen=True)
@@ -127,10 +132,8 @@ class AnalysisResult(Payload):
         m = _mapping(value, "analysis result")
         if m is None:
             return None
-        a, p = _opt_key(m.get("analysis_key"), "analysis key"), _opt_key(m.get("pool_key"), "pool key")
-        if a is None or p is None:
-            raise PayloadError("analysis result without keys")
-        return cls(a, p, check_groups(m.get("groups")))
+        return cls(_key(m.get("analysis_key"), "analysis key"), _key(m.get("pool_key"), "pool key"),
+                   check_groups(m.get("groups")))
 
 
 @dataclass(frozen=True)
@@ -168,10 +171,7 @@ class LayerFocus(Payload):
         m = _mapping(value, "layer focus")
         if m is None:
             return None
-        key = _opt_key(m.get("analysis_key"), "analysis key")
-        if key is None:
-            raise PayloadError("layer focus without analysis")
-        return cls(key, _str(m.get("layer"), "layer name", 300))
+        return cls(_key(m.get("analysis_key"), "analysis key"), _str(m.get("layer"), "layer name", 300))
 
 
 @dataclass(frozen=True)
@@ -187,9 +187,9 @@ class LayerCut(Payload):
         m = _mapping(value, "layer cut")
         if m is None:
             return None
-        key = _opt_key(m.get("analysis_key"), "analysis key")
+        key = _key(m.get("analysis_key"), "analysis key")
         nodes = m.get("nodes")
-        if key is None or not isinstance(nodes, list) or len(nodes) > 5000:
+        if not isinstance(nodes, list) or len(nodes) > 5000:
             raise PayloadError("malformed layer cut")
         return cls(key, [_str(n, "node id", 300) for n in nodes])
 
@@ -234,10 +234,8 @@ class MapFocus(Payload):
         m = _mapping(value, "map focus")
         if m is None:
             return None
-        key = _opt_key(m.get("analysis_key"), "analysis key")
-        if key is None:
-            raise PayloadError("map focus without analysis")
-        return cls(key, _str(m.get("layer"), "layer name", 300), _int(m.get("channel"), "channel"),
+        return cls(_key(m.get("analysis_key"), "analysis key"), _str(m.get("layer"), "layer name", 300),
+                   _int(m.get("channel"), "channel"),
                    str(m.get("cluster") or "")[:200])
 
 
@@ -256,10 +254,8 @@ class ViewResult(Payload):
         m = _mapping(value, "view result")
         if m is None:
             return None
-        a, r = _opt_key(m.get("analysis_key"), "analysis key"), _opt_key(m.get("result_key"), "result key")
-        if a is None or r is None:
-            raise PayloadError("view result without keys")
-        return cls(a, _str(m.get("layer"), "layer name", 300), r, _int(m.get("channel", -1), "channel", -1))
+        return cls(_key(m.get("analysis_key"), "analysis key"), _str(m.get("layer"), "layer name", 300),
+                   _key(m.get("result_key"), "result key"), _int(m.get("channel", -1), "channel", -1))
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,14 @@ from dash import Dash, Input, Output, State, no_update
 from aevis_core.attacks import AttackConfig, parse_eps, validate_config
 from aevis_core.errors import AEVisError
 from app.config import DEMO_SET
-from app.guard import fired
+from app.guard import fired, message_of
 from app.ids import Fmap, Groups, Images, Job, JobIds, Layer, Neuron, Shell
-from app.jobs.messages import user_message
 from app.jobs.widgets import SetProgress, job_options, reporter
 from app.payloads import (
     AnalysisContext,
     AnalysisResult,
     LayerFocus,
     MapFocus,
-    PayloadError,
     PoolResult,
     ViewResult,
     ViewState,
@@ -37,10 +35,6 @@ log = logging.getLogger(__name__)
 METHODS = ("mifgsm", "fgsm", "pgd", "cw", "deepfool")
 MAX_STEPS = 200
 RELAY_S = 0.5
-
-
-def _fail(exc: BaseException, prefix: str = "") -> str:
-    return f"{prefix}{user_message(exc)}" if not isinstance(exc, PayloadError) else f"{prefix}{exc}"
 
 
 def relay_preparation(services: Services, set_progress: SetProgress) -> str | None:
@@ -68,7 +62,7 @@ def prepare_pool(set_progress: SetProgress, services: Services, _path: Any, set_
                                          job_model=services.job_model())
         return PoolResult(sid, key).to_json(), ""
     except Exception as exc:  # noqa: BLE001 - one line in the UI
-        return None, _fail(exc, "Could not prepare the images: ")
+        return None, "Could not prepare the images: " + message_of(exc)
 
 
 def generate_pool(set_progress: SetProgress, services: Services, _n: Any, method: Any, eps: Any, steps: Any,
@@ -92,7 +86,7 @@ def generate_pool(set_progress: SetProgress, services: Services, _n: Any, method
                                      attack=cfg, source=src)
         return PoolResult(sid, key).to_json(), ""
     except Exception as exc:  # noqa: BLE001 - one line in the UI; the current images stay
-        return no_update, _fail(exc)
+        return no_update, message_of(exc)
 
 
 def run_analysis(set_progress: SetProgress, services: Services, _n: Any, url_view: Any, groups: Any,
@@ -114,7 +108,7 @@ def run_analysis(set_progress: SetProgress, services: Services, _n: Any, url_vie
         result = services.analyses.run(chosen, pool.pool_key, reporter(set_progress), services.job_model(), method)
         return AnalysisResult(result.key, pool.pool_key, result.groups).to_json(), ""
     except Exception as exc:  # noqa: BLE001 - one line in the UI; the previous result stays
-        return no_update, _fail(exc)
+        return no_update, message_of(exc)
 
 
 def focused(services: Services, context: Any, focus: Any, kind: type[Any], hint: str) -> tuple[Any, Any, Any]:
@@ -137,7 +131,7 @@ def discrepancy(set_progress: SetProgress, services: Services, _n: Any, focus: A
                                             services.job_model())
         return ViewResult(a.key, f.layer, key, f.channel).to_json(), ""
     except Exception as exc:  # noqa: BLE001 - one line in the UI
-        return no_update, _fail(exc)
+        return no_update, message_of(exc)
 
 
 def faithfulness(set_progress: SetProgress, services: Services, _n: Any, focus: Any, context: Any) -> tuple[Any, Any]:
@@ -147,7 +141,7 @@ def faithfulness(set_progress: SetProgress, services: Services, _n: Any, focus: 
         key = services.analyses.faithfulness(a, cx.pool_key, f.layer, reporter(set_progress), services.job_model())
         return ViewResult(a.key, f.layer, key).to_json(), ""
     except Exception as exc:  # noqa: BLE001 - one line in the UI
-        return no_update, _fail(exc)
+        return no_update, message_of(exc)
 
 
 def register(app: Dash, services: Services) -> None:
