@@ -26,12 +26,16 @@ DEFAULT_EPS = {"cifar10": "8/255"}  # per dataset; everything else 4/255
 FALLBACK_EPS = "4/255"
 
 
+def eps_for(config: AppConfig, dataset: str | None) -> str:
+    """The pool's ε as text: ``AEVIS_EPS``, else the dataset default (8/255 CIFAR, 4/255 otherwise)."""
+    return config.eps or DEFAULT_EPS.get(str(dataset), FALLBACK_EPS)
+
+
 def configured_eps(config: AppConfig) -> str:
-    """The pool's ε as text without loading the model: ``AEVIS_EPS``, else the zoo model's dataset default."""
+    """:func:`eps_for` without loading the model (the zoo knows its dataset; user models get 4/255)."""
     from aevis_core.models import ZOO
 
-    dataset = ZOO[config.model].dataset if config.model in ZOO else None
-    return config.eps or DEFAULT_EPS.get(str(dataset), FALLBACK_EPS)
+    return eps_for(config, ZOO[config.model].dataset if config.model in ZOO else None)
 
 
 class ModelService:
@@ -74,7 +78,7 @@ class ModelService:
 
     def default_eps(self) -> str:
         """The pool's ε as text: ``AEVIS_EPS``, else the dataset default (8/255 CIFAR, 4/255 otherwise)."""
-        return self.config.eps or DEFAULT_EPS.get(self.dataset, FALLBACK_EPS)
+        return eps_for(self.config, self.dataset)
 
     def attack_config(self) -> AttackConfig:
         """MI-FGSM of the default pool (configured ε and steps)."""
